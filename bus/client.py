@@ -1,0 +1,448 @@
+"""Clients of the bus: `HubClient` over the IPC socket, `LocalClient` in-process.
+
+Both offer the same coroutine API (`perform`, `perform_async`, `job`, `query`,
+`actions`, `plugins`, `status`, `subscribe`), with results as JSON-ready data, so the CLI
+and the MCP front end do not care where the hub runs. `connect()` finds the hub of a home,
+starting a detached one when none is running.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any, Protocol
+
+import anyio
+import anyio.abc
+import anyio.to_thread
+from anyio.streams.buffered import BufferedByteReceiveStream
+from anyio.streams.memory import MemoryObjectSendStream
+
+from .context import Context
+from .core import dump_result
+from .errors import BusError, ConnectionFailed, InvalidInput, error_from_dict, unwrap_group
+from .ipc import MAX_LINE, encode
+from .lock import blocking_lock
+from .paths import Home
+
+START_TIMEOUT = 20.0
+
+
+class Client(Protocol):
+    async def perform(
+        self,
+        action: str,
+        payload: Any = None,
+        *,
+        context: Context | None = None,
+        timeout: float | None = None,
+    ) -> Any: ...
+    async def perform_async(
+        self, action: str, payload: Any = None, *, context: Context | None = None
+    ) -> str: ...
+    async def job(self, job_id: str, *, wait: float | None = None) -> dict[str, Any]: ...
+    async def query(
+        self, type_name: str, data: Mapping[str, Any] | None = None, *, all: bool = False
+    ) -> Any: ...
+    async def actions(self, *, exposed_only: bool = False) -> list[dict[str, Any]]: ...
+    async def plugins(self) -> dict[str, Any]: ...
+    async def status(self) -> dict[str, Any]: ...
+    def subscribe(
+        self, topics: list[str] | None = None, *, since: int | None = None
+    ) -> contextlib.AbstractAsyncContextManager[AsyncIterator[dict[str, Any]]]: ...
+
+
+class HubClient:
+    """A connection to a hub's socket. Use `async with HubClient.open(path) as client`."""
+
+    def __init__(self, stream: anyio.abc.SocketStream) -> None:
+        self._stream = stream
+        self._reader = BufferedByteReceiveStream(stream)
+        self._ids = itertools.count(1)
+        self._pending: dict[int, MemoryObjectSendStream[dict[str, Any]]] = {}
+        self._subs: dict[str, MemoryObjectSendStream[dict[str, Any]]] = {}
+        self._early: dict[str, list[dict[str, Any]]] = {}
+        self._send_lock = anyio.Lock()
+        self._closed = False
+
+    @classmethod
+    @asynccontextmanager
+    async def open(cls, path: Path) -> AsyncIterator[HubClient]:
+        try:
+            stream = await anyio.connect_unix(path)
+        except OSError as e:
+            raise ConnectionFailed(f"cannot connect to the hub at {path}: {e.strerror or e}") from e
+        client = cls(stream)
+        with unwrap_group():
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(client._read_loop)
+                try:
+                    yield client
+                finally:
+                    client._closed = True
+                    with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
+                        await stream.aclose()
+                    tg.cancel_scope.cancel()
+
+    async def _read_loop(self) -> None:
+        try:
+            while True:
+                line = await self._reader.receive_until(b"\n", MAX_LINE)
+                msg = json.loads(line)
+                if "id" in msg and msg["id"] is not None and ("result" in msg or "error" in msg):
+                    waiter = self._pending.pop(msg["id"], None)
+                    if waiter is not None:
+                        waiter.send_nowait(msg)
+                elif msg.get("method") == "message":
+                    params = msg.get("params", {})
+                    sid = str(params.get("subscription"))
+                    target = self._subs.get(sid)
+                    if target is not None:
+                        with contextlib.suppress(anyio.WouldBlock, anyio.BrokenResourceError):
+                            target.send_nowait(params)
+                    else:  # arrived before subscribe() returned
+                        self._early.setdefault(sid, []).append(params)
+        except (
+            anyio.EndOfStream,
+            anyio.IncompleteRead,
+            anyio.BrokenResourceError,
+            anyio.ClosedResourceError,
+            OSError,
+        ):
+            pass
+        finally:
+            lost = {
+                "error": {
+                    "code": -32000,
+                    "message": "the hub closed the connection",
+                    "data": {
+                        "type": "ConnectionFailed",
+                        "message": "the hub closed the connection",
+                    },
+                }
+            }
+            for waiter in self._pending.values():
+                with contextlib.suppress(Exception):
+                    waiter.send_nowait(lost)
+            self._pending.clear()
+            for target in self._subs.values():
+                target.close()
+
+    async def call(self, method: str, params: Mapping[str, Any] | None = None) -> Any:
+        """Send one request and wait for its reply; errors come back as BusError subclasses."""
+        if self._closed:
+            raise ConnectionFailed("the connection to the hub is closed")
+        req_id = next(self._ids)
+        send, receive = anyio.create_memory_object_stream[dict[str, Any]](1)
+        self._pending[req_id] = send
+        req = {"jsonrpc": "2.0", "id": req_id, "method": method, "params": dict(params or {})}
+        try:
+            async with self._send_lock:
+                await self._stream.send(encode(req))
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as e:
+            self._pending.pop(req_id, None)
+            raise ConnectionFailed(f"lost the connection to the hub: {e}") from e
+        async with receive:
+            reply = await receive.receive()
+        if "error" in reply:
+            err = reply["error"]
+            data = err.get("data")
+            if isinstance(data, dict) and "type" in data:
+                raise error_from_dict(data)
+            raise InvalidInput(str(err.get("message", "request refused")))
+        return reply.get("result")
+
+    async def perform(
+        self,
+        action: str,
+        payload: Any = None,
+        *,
+        context: Context | None = None,
+        timeout: float | None = None,
+    ) -> Any:
+        params: dict[str, Any] = {"action": action, "input": payload}
+        if context is not None:
+            params["context"] = context.to_dict()
+        if timeout is not None:
+            params["timeout"] = timeout
+        return await self.call("perform", params)
+
+    async def perform_async(
+        self, action: str, payload: Any = None, *, context: Context | None = None
+    ) -> str:
+        params: dict[str, Any] = {"action": action, "input": payload, "background": True}
+        if context is not None:
+            params["context"] = context.to_dict()
+        result = await self.call("perform", params)
+        return str(result["job_id"])
+
+    async def job(self, job_id: str, *, wait: float | None = None) -> dict[str, Any]:
+        return dict(await self.call("job", {"job_id": job_id, "wait": wait}))
+
+    async def query(
+        self, type_name: str, data: Mapping[str, Any] | None = None, *, all: bool = False
+    ) -> Any:
+        return await self.call("query", {"type": type_name, "data": dict(data or {}), "all": all})
+
+    async def actions(self, *, exposed_only: bool = False) -> list[dict[str, Any]]:
+        return list(await self.call("actions", {"exposed_only": exposed_only}))
+
+    async def plugins(self) -> dict[str, Any]:
+        return dict(await self.call("plugins"))
+
+    async def status(self) -> dict[str, Any]:
+        return dict(await self.call("status"))
+
+    async def hello(self) -> dict[str, Any]:
+        return dict(await self.call("hello"))
+
+    async def shutdown(self) -> dict[str, Any]:
+        return dict(await self.call("shutdown"))
+
+    @asynccontextmanager
+    async def subscribe(
+        self, topics: list[str] | None = None, *, since: int | None = None, buffer: int = 1024
+    ) -> AsyncIterator[AsyncIterator[dict[str, Any]]]:
+        """Yield an iterator of message envelopes (dicts with seq, topic, data, context)."""
+        send, receive = anyio.create_memory_object_stream[dict[str, Any]](buffer)
+        params: dict[str, Any] = {"topics": topics, "buffer": buffer}
+        if since is not None:
+            params["since"] = since
+        result = await self.call("subscribe", params)
+        sid = str(result["subscription"])
+        self._subs[sid] = send
+        for early in self._early.pop(sid, []):
+            send.send_nowait(early)
+        try:
+            async with receive:
+                yield receive
+        finally:
+            self._subs.pop(sid, None)
+            send.close()
+            if not self._closed:
+                with contextlib.suppress(BusError):
+                    await self.call("unsubscribe", {"subscription": sid})
+
+
+class LocalClient:
+    """The same API as HubClient, talking to a Hub in this process (`--embedded`)."""
+
+    def __init__(self, hub: Any) -> None:
+        self.hub = hub
+
+    async def perform(
+        self,
+        action: str,
+        payload: Any = None,
+        *,
+        context: Context | None = None,
+        timeout: float | None = None,
+    ) -> Any:
+        return dump_result(
+            await self.hub.bus.perform(action, payload, context=context, timeout=timeout)
+        )
+
+    async def perform_async(
+        self, action: str, payload: Any = None, *, context: Context | None = None
+    ) -> str:
+        return str(self.hub.bus.perform_async(action, payload, context=context))
+
+    async def job(self, job_id: str, *, wait: float | None = None) -> dict[str, Any]:
+        job = self.hub.bus.job(job_id)
+        if job is None:
+            raise InvalidInput.from_errors(
+                "job", [{"field": "job_id", "message": f"no job {job_id!r}"}]
+            )
+        if wait:
+            with anyio.move_on_after(wait):
+                await job.done.wait()
+        return dict(job.info())
+
+    async def query(
+        self, type_name: str, data: Mapping[str, Any] | None = None, *, all: bool = False
+    ) -> Any:
+        cls = self.hub.bus.query_types().get(type_name)
+        if cls is None:
+            raise InvalidInput.from_errors(
+                "query", [{"field": "type", "message": f"unknown query {type_name!r}"}]
+            )
+        q = cls.model_validate(dict(data or {}))
+        if all:
+            return [dump_result(a) for a in await self.hub.bus.query_all(q)]
+        return dump_result(await self.hub.bus.query(q))
+
+    async def actions(self, *, exposed_only: bool = False) -> list[dict[str, Any]]:
+        return list(self.hub.bus.list_actions(exposed_only=exposed_only))
+
+    async def plugins(self) -> dict[str, Any]:
+        ps = self.hub.plugins
+        return {
+            "plugins": [i.to_dict() for i in ps.infos],
+            "skipped": [{"name": n, "why": w} for n, w in ps.skipped],
+        }
+
+    async def status(self) -> dict[str, Any]:
+        return dict(self.hub.status())
+
+    @asynccontextmanager
+    async def subscribe(
+        self, topics: list[str] | None = None, *, since: int | None = None, buffer: int = 1024
+    ) -> AsyncIterator[AsyncIterator[dict[str, Any]]]:
+        bus = self.hub.bus
+        with bus.subscription(topics, name="local", buffer=buffer) as sub:
+            backlog = (
+                [e.to_dict() for e in bus.history(since) if sub.matches(e.topic)]
+                if since is not None
+                else []
+            )
+
+            async def iterate() -> AsyncIterator[dict[str, Any]]:
+                for item in backlog:
+                    yield item
+                async for env in sub:
+                    yield env.to_dict()
+
+            yield iterate()
+
+
+# -- finding or starting the hub -------------------------------------------------------------
+def _check_socket_owner(path: Path) -> None:
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return
+    except NotADirectoryError:
+        raise ConnectionFailed(
+            f"FLEETBUS_HOME {path.parent} is not a directory; point FLEETBUS_HOME at a directory"
+        ) from None
+    if st.st_uid != os.getuid():
+        raise ConnectionFailed(
+            f"the hub socket {path} belongs to uid {st.st_uid}, not to you; "
+            "set FLEETBUS_HOME to a directory of your own"
+        )
+
+
+def _can_connect(path: Path) -> bool:
+    """True when a hub accepts connections on `path` (blocking; call from a thread)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        try:
+            sock.connect(os.fspath(path))
+        except OSError:
+            return False
+    return True
+
+
+def hub_command() -> list[str]:
+    return [sys.executable, "-m", "fleetbus.server", "hub"]
+
+
+def _spawn(home: Home, env: Mapping[str, str]) -> subprocess.Popen[bytes]:
+    """Start a detached hub: own session, stdin from /dev/null, output to the home's log."""
+    home.ensure()
+    child_env = dict(env)
+    child_env["FLEETBUS_HOME"] = str(home.root)
+    fd = os.open(home.log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    with open(fd, "ab") as log:
+        proc = subprocess.Popen(
+            hub_command(),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            close_fds=True,
+            env=child_env,
+            cwd=str(home.root),
+        )
+    # reap it when it exits, so a long-lived client leaves no zombie behind
+    threading.Thread(target=proc.wait, daemon=True, name="fleetbus-hub-reaper").start()
+    return proc
+
+
+def _log_tail(home: Home, since: int) -> str:
+    try:
+        with open(home.log, "rb") as f:
+            f.seek(since)
+            lines = [
+                ln.strip() for ln in f.read().decode(errors="replace").splitlines() if ln.strip()
+            ]
+    except OSError:
+        return ""
+    errors = [ln for ln in lines if "error" in ln.lower()]
+    last = (errors or lines or [""])[-1]
+    return last.removeprefix("error: ")
+
+
+async def ensure_hub(
+    home: Home, *, env: Mapping[str, str] = os.environ, timeout: float = START_TIMEOUT
+) -> Path:
+    """Return the socket of the home's hub, starting a detached hub if none answers.
+
+    Clients racing here start exactly one hub: the spawn lock is held while checking,
+    spawning and waiting.
+    """
+    path = home.socket
+    _check_socket_owner(path)
+    if await anyio.to_thread.run_sync(_can_connect, path):
+        return path
+    home.ensure()
+
+    def spawn_and_wait() -> Path:
+        with blocking_lock(home.spawn_lock):
+            if _can_connect(path):
+                return path
+            log_size = home.log.stat().st_size if home.log.exists() else 0
+            proc = _spawn(home, env)
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                if _can_connect(path):
+                    return path
+                if proc.poll() is not None:
+                    if _can_connect(path):
+                        return path
+                    reason = _log_tail(home, log_size) or f"exit status {proc.returncode}"
+                    raise ConnectionFailed(f"the hub failed to start: {reason} (see {home.log})")
+                time.sleep(0.02)
+            raise ConnectionFailed(f"the hub did not answer within {timeout:g}s (see {home.log})")
+
+    return await anyio.to_thread.run_sync(spawn_and_wait)
+
+
+@asynccontextmanager
+async def connect(
+    home: Home | None = None,
+    *,
+    embedded: bool = False,
+    autostart: bool = True,
+    env: Mapping[str, str] = os.environ,
+) -> AsyncIterator[Client]:
+    """A client for the home's hub: in-process with `embedded`, else over its socket."""
+    home = home or Home.from_env(env)
+    if embedded:
+        from .hub import Hub
+
+        hub = Hub(home, env=env, idle_timeout=0)
+        with unwrap_group():
+            async with anyio.create_task_group() as tg:
+                await tg.start(hub.run)
+                try:
+                    yield LocalClient(hub)
+                finally:
+                    hub.request_stop()
+        return
+    if autostart:
+        path = await ensure_hub(home, env=env)
+    else:
+        path = home.socket
+        _check_socket_owner(path)
+    async with HubClient.open(path) as client:
+        yield client

@@ -1,0 +1,174 @@
+"""The SQLite store: WAL, `synchronous=FULL`, one writer, `BEGIN IMMEDIATE` writes.
+
+Every database call goes through one worker thread (a capacity limiter of one), so the
+event loop never blocks on `fsync` and there is exactly one writer. Messages queued on a
+transaction with `tx.publish(...)` are published after its COMMIT, never for a rollback.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import anyio
+import anyio.to_thread
+import sqlite_utils
+from sqlite_utils import Migrations
+
+from .context import Context
+from .errors import StartupError
+from .messages import Message
+
+log = logging.getLogger("fleetbus.store")
+
+T = TypeVar("T")
+BUSY_TIMEOUT_MS = 10_000
+Publish = Callable[[Message, Context | None], Any]
+
+
+@dataclass
+class Tx:
+    """An open write transaction: run SQL on `db`, queue messages for after the commit."""
+
+    db: sqlite_utils.Database
+    messages: list[tuple[Message, Context | None]] = field(default_factory=list)
+
+    def execute(self, sql: str, params: Any = ()) -> sqlite3.Cursor:
+        return self.db.execute(sql, params)
+
+    def publish(self, message: Message, context: Context | None = None) -> None:
+        """Publish `message` once this transaction has committed (dropped on rollback)."""
+        self.messages.append((message, context))
+
+
+class MigrationsRegistrar:
+    """The `register` object of the `register_migrations(register)` hook."""
+
+    def __init__(
+        self, plugin: str, sink: Callable[[str, Migrations], None], hub: Any = None
+    ) -> None:
+        self.plugin = plugin
+        self.hub = hub
+        self._sink = sink
+
+    def __call__(self, migrations: Migrations) -> Migrations:
+        if not isinstance(migrations, Migrations):
+            raise StartupError(
+                f"plugin {self.plugin!r}: register() takes a sqlite_utils.Migrations set"
+            )
+        self._sink(self.plugin, migrations)
+        return migrations
+
+
+def connect(path: Path) -> sqlite3.Connection:
+    """Open `path` with the pragmas every fleetbus connection uses."""
+    conn = sqlite3.connect(str(path), check_same_thread=False, timeout=BUSY_TIMEOUT_MS / 1000)
+    conn.row_factory = sqlite3.Row
+    conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    conn.execute("PRAGMA foreign_keys = ON")
+    return conn
+
+
+class Store:
+    """The hub's database. Open it with `open()`, migrate, then use `write`/`read`."""
+
+    def __init__(self, path: Path, publish: Publish | None = None) -> None:
+        self.path = Path(path)
+        self._publish = publish
+        self._db: sqlite_utils.Database | None = None
+        self._limiter = anyio.CapacityLimiter(1)
+
+    def open(self) -> sqlite_utils.Database:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            if not self.path.exists():
+                self.path.touch(mode=0o600)  # WAL and SHM files take the database's mode
+            conn = connect(self.path)
+            db = sqlite_utils.Database(conn)
+            db.enable_wal()
+            conn.execute("PRAGMA synchronous = FULL")
+            conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        except sqlite3.DatabaseError as e:
+            raise StartupError(
+                f"cannot open the database {self.path}: {e}; move the file away to start afresh"
+            ) from e
+        self._db = db
+        return db
+
+    @property
+    def db(self) -> sqlite_utils.Database:
+        if self._db is None:
+            raise RuntimeError("the store is not open")
+        return self._db
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+    def migrate(self, sets: list[tuple[str, Migrations]]) -> list[str]:
+        """Apply every pending migration, set by set, each set in one transaction."""
+        applied: list[str] = []
+        for plugin, migrations in sets:
+            pending = [m.name for m in migrations.pending(self.db)]
+            if not pending:
+                continue
+            try:
+                with self.transaction():
+                    migrations.apply(self.db)
+            except Exception as e:
+                raise StartupError(
+                    f"plugin {plugin!r}: migration set {migrations.name!r} failed: "
+                    f"{type(e).__name__}: {e}; nothing of it was applied"
+                ) from e
+            applied += [f"{migrations.name}:{name}" for name in pending]
+        return applied
+
+    @contextmanager
+    def transaction(self, *, publish: bool = True) -> Iterator[Tx]:
+        """`BEGIN IMMEDIATE` … `COMMIT`, then publish the queued messages; rollback on error.
+
+        Synchronous: call it from the store's thread (inside `write`) or at startup.
+        """
+        conn = self.db.conn
+        conn.execute("BEGIN IMMEDIATE")
+        tx = Tx(self.db)
+        try:
+            yield tx
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+        if publish:
+            self._publish_all(tx)
+
+    def _publish_all(self, tx: Tx) -> None:
+        if self._publish is not None:
+            for message, context in tx.messages:
+                self._publish(message, context)
+
+    async def write(self, fn: Callable[[Tx], T]) -> T:
+        """Run `fn(tx)` in one `BEGIN IMMEDIATE` transaction on the store's thread.
+
+        Messages `fn` queued with `tx.publish` are published after the commit. A
+        cancellation waits for the transaction to finish: a write is never half-done.
+        """
+
+        def run() -> tuple[T, Tx]:
+            with self.transaction(publish=False) as tx:
+                return fn(tx), tx
+
+        with anyio.CancelScope(shield=True):
+            result, tx = await anyio.to_thread.run_sync(run, limiter=self._limiter)
+        self._publish_all(tx)
+        return result
+
+    async def read(self, fn: Callable[[sqlite_utils.Database], T]) -> T:
+        """Run `fn(db)` on the store's thread."""
+        return await anyio.to_thread.run_sync(fn, self.db, limiter=self._limiter)

@@ -1,0 +1,1 @@
+"""Built-in manifests (agents.yaml, dispatch.yaml) and their JSON Schemas, as package data."""

@@ -1,0 +1,1 @@
+"""fleetbus's built-in services, one package each."""

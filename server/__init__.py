@@ -1,0 +1,1 @@
+"""fleetbus's front ends: the `fleetbus` CLI (and, later, the MCP server)."""

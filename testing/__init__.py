@@ -1,0 +1,1 @@
+"""Helpers for testing fleetbus and its plugins; keep imports light (fake_agent starts often)."""
