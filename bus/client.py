@@ -149,11 +149,19 @@ class HubClient:
         try:
             async with self._send_lock:
                 await self._stream.send(encode(req))
-        except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as e:
-            self._pending.pop(req_id, None)
+            async with receive:
+                reply = await receive.receive()
+        except (
+            anyio.BrokenResourceError,
+            anyio.ClosedResourceError,
+            anyio.EndOfStream,
+            OSError,
+        ) as e:
             raise ConnectionFailed(f"lost the connection to the hub: {e}") from e
-        async with receive:
-            reply = await receive.receive()
+        finally:
+            self._pending.pop(req_id, None)
+            send.close()
+            receive.close()
         if "error" in reply:
             err = reply["error"]
             data = err.get("data")

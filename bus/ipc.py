@@ -133,6 +133,7 @@ class Connection:
 
     async def handle(self, line: bytes) -> None:
         req_id = None
+        notification = False  # a valid request without an id gets no reply
         try:
             try:
                 req = json.loads(line)
@@ -141,6 +142,7 @@ class Connection:
             if not isinstance(req, dict) or not isinstance(req.get("method"), str):
                 raise RpcError(INVALID_REQUEST, "a request is an object with a string 'method'")
             req_id = req.get("id")
+            notification = "id" not in req
             params = req.get("params") or {}
             if not isinstance(params, dict):
                 raise RpcError(INVALID_PARAMS, "params must be an object")
@@ -158,7 +160,7 @@ class Connection:
         except Exception as e:  # a bug of ours: report it as a clear line, log the traceback
             log.exception("IPC request failed")
             reply = _error(req_id, BUS_ERROR, f"internal error: {type(e).__name__}: {e}")
-        if req_id is not None:
+        if not notification:
             with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
                 await self.send(reply)
 

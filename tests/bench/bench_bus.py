@@ -30,6 +30,7 @@ import argparse
 import gc
 import itertools
 import json
+import math
 import platform
 import statistics
 import sys
@@ -51,10 +52,11 @@ from fleetbus.bus.client import HubClient
 from fleetbus.bus.core import Bus
 from fleetbus.bus.hub import Hub
 from fleetbus.bus.ipc import encode as fleetbus_encode
-from fleetbus.bus.messages import Message
+from fleetbus.bus.messages import Message, Subscription
 
 SUBSCRIBERS = 10
 YIELD_EVERY = 64  # the producer yields to the consumers after this many messages
+DELIVERY_TIMEOUT = 10.0  # a consumer still short of its messages by then means drops
 MAX_LINE = 16 * 1024 * 1024
 
 
@@ -66,8 +68,8 @@ class Profile:
     ipc_calls: int
 
 
-FULL = Profile(rounds=9, perform_calls=20_000, broadcast_messages=5_000, ipc_calls=1_000)
-QUICK = Profile(rounds=3, perform_calls=2_000, broadcast_messages=1_000, ipc_calls=150)
+FULL = Profile(rounds=11, perform_calls=30_000, broadcast_messages=10_000, ipc_calls=1_500)
+QUICK = Profile(rounds=5, perform_calls=3_000, broadcast_messages=1_000, ipc_calls=200)
 
 
 @dataclass
@@ -117,29 +119,43 @@ async def interleave(
     return base, subj
 
 
-def summarize(
-    name: str,
-    unit: str,
-    better: str,
-    goal_op: str,
-    goal: float,
-    base: list[float],
-    subj: list[float],
-) -> Result:
+@dataclass(frozen=True)
+class Goal:
+    name: str
+    unit: str
+    better: str  # "lower" or "higher"
+    goal_op: str  # "<=" or ">="
+    goal: float
+
+
+PERFORM = Goal("perform (trivial action)", "us/call", "lower", "<=", 3.0)
+BROADCAST = Goal(f"broadcast x{SUBSCRIBERS} subscribers", "deliveries/s", "higher", ">=", 0.5)
+IPC = Goal("IPC perform round trip", "us p50", "lower", "<=", 2.0)
+
+
+def summarize(goal: Goal, base: list[float], subj: list[float]) -> Result:
     ratio = statistics.median(s / b for b, s in zip(base, subj, strict=True))
-    met = ratio <= goal if goal_op == "<=" else ratio >= goal
+    met = ratio <= goal.goal if goal.goal_op == "<=" else ratio >= goal.goal
     return Result(
-        name=name,
-        unit=unit,
-        better=better,
-        goal_op=goal_op,
-        goal=goal,
+        name=goal.name,
+        unit=goal.unit,
+        better=goal.better,
+        goal_op=goal.goal_op,
+        goal=goal.goal,
         baseline=statistics.median(base),
         fleetbus=statistics.median(subj),
         ratio=ratio,
         met=met,
         rounds={"baseline": base, "fleetbus": subj},
     )
+
+
+def invalid(goal: Goal, problem: str) -> Result:
+    """A measurement whose correctness check failed: no numbers, only the problem."""
+    res = summarize(goal, [math.nan], [math.nan])
+    res.met = res.valid = False
+    res.problems = [problem]
+    return res
 
 
 # -- 1. perform vs a pluggy hook call ---------------------------------------------------------
@@ -149,13 +165,13 @@ hookimpl = pluggy.HookimplMarker("benchproj")
 
 class EchoSpec:
     @hookspec
-    def echo(self, value):  # type: ignore[no-untyped-def]
+    def echo(self, value: str) -> str:  # type: ignore[empty-body]
         """echo(value): return the value."""
 
 
 class EchoImpl:
     @hookimpl
-    def echo(self, value):  # type: ignore[no-untyped-def]
+    def echo(self, value: str) -> str:
         return value
 
 
@@ -203,7 +219,7 @@ async def bench_perform(profile: Profile) -> Result:
             await subject()
         base, subj = await interleave(profile.rounds, baseline, subject)
 
-    res = summarize("perform (trivial action)", "us/call", "lower", "<=", 3.0, base, subj)
+    res = summarize(PERFORM, base, subj)
     res.extra = {"calls_per_round": n}
     return res
 
@@ -221,25 +237,27 @@ async def broadcast_raw(n_msgs: int) -> tuple[int, list[int]]:
     counts = [0] * SUBSCRIBERS
 
     async def consume(i: int, receive: anyio.abc.ObjectReceiveStream[Tick]) -> None:
-        c = 0
-        async with receive:
-            async for _ in receive:
-                c += 1
-        counts[i] = c
+        async for _ in receive:
+            counts[i] += 1
+            if counts[i] == n_msgs:
+                break
 
     t0 = now()
-    async with anyio.create_task_group() as tg:
-        for i, (_, receive) in enumerate(pairs):
-            tg.start_soon(consume, i, receive)
-        for k in range(n_msgs):
-            item = Tick(n=k)
-            for send in sends:
-                send.send_nowait(item)
-            if k % YIELD_EVERY == YIELD_EVERY - 1:
-                await anyio.sleep(0)
-        for send in sends:
-            send.close()
-    return now() - t0, counts
+    with anyio.move_on_after(DELIVERY_TIMEOUT):
+        async with anyio.create_task_group() as tg:
+            for i, (_, receive) in enumerate(pairs):
+                tg.start_soon(consume, i, receive)
+            for k in range(n_msgs):
+                item = Tick(n=k)
+                for send in sends:
+                    send.send_nowait(item)
+                if k % YIELD_EVERY == YIELD_EVERY - 1:
+                    await anyio.sleep(0)
+    elapsed = now() - t0
+    for send, receive in pairs:
+        send.close()
+        receive.close()
+    return elapsed, counts
 
 
 async def broadcast_bus(bus: Bus, n_msgs: int) -> tuple[int, list[int], int, int]:
@@ -250,48 +268,48 @@ async def broadcast_bus(bus: Bus, n_msgs: int) -> tuple[int, list[int], int, int
     ]
     counts = [0] * SUBSCRIBERS
 
-    async def consume(i: int, sub: Any) -> None:
-        c = 0
+    async def consume(i: int, sub: Subscription) -> None:
         async for _ in sub:
-            c += 1
-        counts[i] = c
+            counts[i] += 1
+            if counts[i] == n_msgs:
+                break
 
     t0 = now()
-    async with anyio.create_task_group() as tg:
-        for i, sub in enumerate(subs):
-            tg.start_soon(consume, i, sub)
-        publish = bus.publish
-        for k in range(n_msgs):
-            publish(Tick(n=k))
-            if k % YIELD_EVERY == YIELD_EVERY - 1:
-                await anyio.sleep(0)
-        for sub in subs:
-            bus.close_subscription(sub)
+    with anyio.move_on_after(DELIVERY_TIMEOUT):
+        async with anyio.create_task_group() as tg:
+            for i, sub in enumerate(subs):
+                tg.start_soon(consume, i, sub)
+            publish = bus.publish
+            for k in range(n_msgs):
+                publish(Tick(n=k))
+                if k % YIELD_EVERY == YIELD_EVERY - 1:
+                    await anyio.sleep(0)
+            if any(sub.dropped for sub in subs):  # the consumers would wait in vain
+                tg.cancel_scope.cancel()
     elapsed = now() - t0
+    for sub in subs:
+        bus.close_subscription(sub)
     return elapsed, counts, sum(s.dropped for s in subs), sum(s.delivered for s in subs)
 
 
 async def bench_broadcast(profile: Profile) -> Result:
     n = profile.broadcast_messages
     expected = n * SUBSCRIBERS
-    problems: list[str] = []
 
     async with Bus() as bus:
 
         async def baseline() -> float:
             elapsed, counts = await broadcast_raw(n)
             if sum(counts) != expected:
-                problems.append(f"raw streams: {sum(counts)} of {expected} delivered ({counts})")
+                raise BenchError(f"raw streams: {sum(counts)} of {expected} delivered ({counts})")
             return expected / (elapsed / 1e9)
 
         async def subject() -> float:
             elapsed, counts, dropped, delivered = await broadcast_bus(bus, n)
-            if dropped:
-                problems.append(f"bus: {dropped} message(s) dropped")
-            if sum(counts) != expected or delivered != expected:
-                problems.append(
-                    f"bus: consumers got {sum(counts)}, subscriptions delivered {delivered}, "
-                    f"of {expected} ({counts})"
+            if dropped or sum(counts) != expected or delivered != expected:
+                raise BenchError(
+                    f"bus: {dropped} dropped; consumers got {sum(counts)}, subscriptions "
+                    f"counted {delivered} delivered, of {expected} ({counts})"
                 )
             return expected / (elapsed / 1e9)
 
@@ -299,13 +317,8 @@ async def bench_broadcast(profile: Profile) -> Result:
         await subject()
         base, subj = await interleave(profile.rounds, baseline, subject)
 
-    res = summarize(
-        f"broadcast x{SUBSCRIBERS} subscribers", "deliveries/s", "higher", ">=", 0.5, base, subj
-    )
+    res = summarize(BROADCAST, base, subj)
     res.extra = {"messages_per_round": n, "subscribers": SUBSCRIBERS, "buffer": n}
-    if problems:
-        res.valid = False
-        res.problems = sorted(set(problems))
     return res
 
 
@@ -454,7 +467,7 @@ async def bench_ipc(profile: Profile) -> Result:
             finally:
                 hub.request_stop()
 
-    res = summarize("IPC perform round trip", "us p50", "lower", "<=", 2.0, base, subj)
+    res = summarize(IPC, base, subj)
     res.extra = {
         "calls_per_round": n,
         "baseline_p50_us": percentile(all_base, 50),
@@ -467,6 +480,8 @@ async def bench_ipc(profile: Profile) -> Result:
 
 # -- report ----------------------------------------------------------------------------------
 def fmt(value: float, unit: str) -> str:
+    if math.isnan(value):
+        return "-"
     if unit == "deliveries/s":
         return f"{value / 1e6:.3f}M/s" if value >= 1e6 else f"{value / 1e3:.1f}k/s"
     return f"{value:.2f}us" if value < 100 else f"{value:.0f}us"
@@ -482,7 +497,7 @@ def table(results: list[Result]) -> str:
                 r.name,
                 fmt(r.baseline, r.unit),
                 fmt(r.fleetbus, r.unit),
-                f"{r.ratio:.2f}x",
+                "-" if math.isnan(r.ratio) else f"{r.ratio:.2f}x",
                 f"{r.goal_op} {r.goal:g}x",
                 met,
             )
@@ -497,6 +512,17 @@ def table(results: list[Result]) -> str:
     ]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
+
+
+def no_nan(obj: Any) -> Any:
+    """NaN (an invalid measurement) as null: JSON has no NaN."""
+    if isinstance(obj, float) and math.isnan(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: no_nan(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [no_nan(v) for v in obj]
+    return obj
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -516,25 +542,35 @@ def main(argv: list[str] | None = None) -> int:
         profile = Profile(
             args.rounds, profile.perform_calls, profile.broadcast_messages, profile.ipc_calls
         )
-    benches = {"perform": bench_perform, "broadcast": bench_broadcast, "ipc": bench_ipc}
+    benches: dict[str, tuple[Goal, Callable[[Profile], Awaitable[Result]]]] = {
+        "perform": (PERFORM, bench_perform),
+        "broadcast": (BROADCAST, bench_broadcast),
+        "ipc": (IPC, bench_ipc),
+    }
     chosen = args.only or list(benches)
+
+    async def run_one(key: str) -> Result:
+        goal, bench = benches[key]
+        problems: list[str] = []
+        try:
+            return await bench(profile)
+        except* BenchError as group:  # task groups wrap it
+            problems.extend(str(e) for e in group.exceptions)
+        return invalid(goal, "; ".join(problems))
 
     async def run_all() -> list[Result]:
         results = []
         for key in chosen:
             t0 = time.perf_counter()
             log(f"bench {key} ...")
-            res = await benches[key](profile)
-            log(f"bench {key}: ratio {res.ratio:.2f}x in {time.perf_counter() - t0:.1f}s")
+            res = await run_one(key)
+            verdict = f"ratio {res.ratio:.2f}x" if res.valid else "INVALID"
+            log(f"bench {key}: {verdict} in {time.perf_counter() - t0:.1f}s")
             results.append(res)
         return results
 
     started = time.perf_counter()
-    try:
-        results = anyio.run(run_all)
-    except BenchError as e:
-        log(f"bench failed: {e}")
-        return 1
+    results = anyio.run(run_all)
     elapsed = time.perf_counter() - started
 
     if args.json:
@@ -546,7 +582,7 @@ def main(argv: list[str] | None = None) -> int:
             "ratio": "median of per-round fleetbus/baseline ratios",
             "results": [asdict(r) for r in results],
         }
-        print(json.dumps(doc, indent=2))
+        print(json.dumps(no_nan(doc), indent=2))
     else:
         print(table(results))
         for r in results:

@@ -1,0 +1,44 @@
+"""The docs are checked: the README's plugin example is the one the tests install, and every
+hook is documented with its exact signature."""
+
+from __future__ import annotations
+
+import inspect
+import re
+from pathlib import Path
+
+from fleetbus.bus import hookspecs
+from fleetbus.bus.plugins import HOOK_NAMES
+
+ROOT = Path(__file__).resolve().parent.parent
+README = (ROOT / "README.md").read_text()
+
+
+def test_readme_plugin_example_is_the_tested_hello_plugin() -> None:
+    from test_hello_plugin import HELLO_PLUGIN
+
+    blocks = re.findall(r"```python\n(.*?)```", README, re.S)
+    assert HELLO_PLUGIN.replace("\n\n\n", "\n\n").strip() in [b.strip() for b in blocks]
+
+
+def test_every_hook_is_in_the_readme_with_its_signature() -> None:
+    for name in sorted(HOOK_NAMES):
+        params = ", ".join(inspect.signature(getattr(hookspecs, name)).parameters)
+        assert f"`{name}({params})`" in README, f"README lacks hook `{name}({params})`"
+
+
+def test_quick_start_has_exactly_two_commands() -> None:
+    section = README.split("## Quick start", 1)[1].split("\n## ", 1)[0]
+    commands = re.findall(r"```sh\n(.*?)```", section, re.S)
+    assert len(commands) == 2
+    assert all(len(c.strip().splitlines()) == 1 for c in commands)
+    assert "fleetbus demo" in commands[0] and "pytest" in commands[1]
+
+
+def test_ci_runs_the_readme_test_command() -> None:
+    ci = (ROOT / ".ci" / "run").read_text()
+    section = README.split("## Quick start", 1)[1]
+    test_command = re.findall(r"```sh\n(.*?)```", section, re.S)[1].strip()
+    for part in test_command.split(" && "):
+        part = part.replace("pip install -e", "pip install -q -e")
+        assert part in ci, f".ci/run does not run `{part}`"

@@ -1,0 +1,320 @@
+"""The hub in-process: plugin lifecycle, hooks, and the IPC socket spoken by HubClient."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, ClassVar
+
+import anyio
+import pytest
+from pydantic import BaseModel
+from sqlite_utils import Database, Migrations
+
+from fleetbus.bus import (
+    ActionNotFound,
+    Context,
+    InvalidInput,
+    Message,
+    Query,
+    StartupError,
+    hookimpl,
+)
+from fleetbus.bus.client import HubClient
+from fleetbus.bus.hub import Hub
+from fleetbus.bus.lock import is_locked
+from fleetbus.bus.paths import Home
+from fleetbus.testing.hub import embedded_hub, isolated_env
+
+pytestmark = pytest.mark.anyio
+
+
+class Name(BaseModel):
+    name: str
+
+
+class Text(BaseModel):
+    text: str
+
+
+class Said(Message):
+    topic: ClassVar[str] = "lifecycle.said"
+    text: str
+
+
+class Lookup(Query):
+    key: str
+
+
+class Recorder:
+    """An inline plugin that records its lifecycle into a shared list."""
+
+    def __init__(self, name: str, log: list[str], *, fail_startup: bool = False) -> None:
+        self.name, self.log, self.fail_startup = name, log, fail_startup
+
+    @hookimpl
+    def startup(self, hub: Hub) -> None:
+        self.log.append(f"start {self.name}")
+        if self.fail_startup:
+            raise RuntimeError("no database for me")
+
+    @hookimpl
+    async def shutdown(self, hub: Hub) -> None:
+        await anyio.sleep(0)
+        self.log.append(f"stop {self.name}")
+
+
+async def test_startup_in_registration_order_and_shutdown_in_reverse(home: Path) -> None:
+    log: list[str] = []
+    plugins = [(n, Recorder(n, log)) for n in ("a", "b", "c")]
+    async with embedded_hub(home, plugins=plugins) as hub:
+        assert hub.plugins.names == ["hub", "a", "b", "c"]
+        assert log == ["start a", "start b", "start c"]
+    assert log[3:] == ["stop c", "stop b", "stop a"]
+
+
+async def test_a_failing_startup_aborts_naming_the_plugin_and_stops_the_started(home: Path) -> None:
+    log: list[str] = []
+    plugins = [
+        ("a", Recorder("a", log)),
+        ("b", Recorder("b", log, fail_startup=True)),
+        ("c", Recorder("c", log)),
+    ]
+    with pytest.raises(
+        StartupError, match="plugin 'b' failed to start: RuntimeError: no database for me"
+    ):
+        async with embedded_hub(home, plugins=plugins):
+            pytest.fail("the hub must not start")
+    assert "start c" not in log
+    assert log[-2:] == ["stop b", "stop a"]
+    assert not is_locked(Home(home).lock)
+    assert not Home(home).socket.exists()
+
+
+class Misspelled:
+    @hookimpl
+    def register_action(self, register: Any) -> None: ...
+
+
+async def test_a_misspelled_hook_is_rejected_with_a_suggestion(home: Path) -> None:
+    with pytest.raises(
+        StartupError,
+        match="unknown hook 'register_action' \\(did you mean 'register_actions'\\?\\)",
+    ):
+        async with embedded_hub(home, plugins=[("typo", Misspelled())]):
+            pytest.fail("the hub must not start")
+
+
+class Full:
+    """Every kind of declaration a plugin can make."""
+
+    def __init__(self) -> None:
+        self.heard: list[str] = []
+        self.heard_event = anyio.Event()
+        self.migrations = Migrations("fleetbus.full")
+
+        @self.migrations()
+        def m0001_initial(db: Database) -> None:
+            db.table("notes").create({"id": int, "text": str}, pk="id")
+
+    @hookimpl
+    def register_migrations(self, register: Any) -> None:
+        register(self.migrations)
+
+    @hookimpl
+    def register_actions(self, register: Any) -> None:
+        hub: Hub = register.hub
+
+        @register("full.say", exposed=True)
+        async def say(req: Text, ctx: Context) -> Text:
+            """Store a note and announce it."""
+
+            def write(tx: Any) -> None:
+                tx.db.table("notes").insert({"text": req.text})
+                tx.publish(Said(text=req.text), ctx)
+
+            await hub.store.write(write)
+            return req
+
+        @register("full.slow")
+        async def slow(req: Text) -> Text:
+            await self.release.wait()
+            return req
+
+    @hookimpl
+    def register_queries(self, register: Any) -> None:
+        @register(Lookup)
+        def lookup(q: Lookup) -> dict[str, str]:
+            return {"key": q.key, "value": q.key.upper()}
+
+    @hookimpl
+    def register_subscribers(self, subscribe: Any) -> None:
+        @subscribe(Said)
+        async def heard(message: Said) -> None:
+            self.heard.append(message.text)
+            self.heard_event.set()
+
+    release = anyio.Event()
+
+
+async def test_migrations_actions_queries_and_subscribers_from_hooks(home: Path) -> None:
+    full = Full()
+    async with embedded_hub(home, plugins=[("full", full)]) as hub:
+        assert hub.store.db.table("notes").exists()
+        result = await hub.bus.perform("full.say", {"text": "hi"})
+        assert result.text == "hi"
+        with anyio.fail_after(5):
+            await full.heard_event.wait()
+        assert full.heard == ["hi"]
+        assert await hub.bus.query(Lookup(key="k")) == {"key": "k", "value": "K"}
+        assert [r["text"] for r in hub.store.db.table("notes").rows] == ["hi"]
+
+
+async def test_disabling_a_builtin_by_name(home: Path) -> None:
+    env = {**isolated_env(home), "FLEETBUS_DISABLE_PLUGINS": "hub"}
+    async with embedded_hub(home, env=env) as hub:
+        assert "hub.ping" not in hub.bus.actions
+        assert ("hub", "disabled by FLEETBUS_DISABLE_PLUGINS") in hub.plugins.skipped
+
+
+async def test_a_second_hub_for_the_same_home_is_refused(home: Path) -> None:
+    async with embedded_hub(home):
+        with pytest.raises(StartupError, match="another hub .* is already running"):
+            async with embedded_hub(home):
+                pytest.fail("two hubs")
+
+
+async def test_an_idle_hub_stops_by_itself(home: Path) -> None:
+    hub = Hub(home, env=isolated_env(home), entry_points=False, idle_timeout=0.1)
+    with anyio.fail_after(10):
+        await hub.run()  # returns on its own
+    assert not is_locked(Home(home).lock)
+
+
+async def test_a_connected_client_keeps_an_idle_hub_alive(home: Path) -> None:
+    hub = Hub(home, env=isolated_env(home), entry_points=False, idle_timeout=0.1)
+    async with anyio.create_task_group() as tg:
+        await tg.start(hub.run)
+        async with HubClient.open(hub.socket_path) as client:
+            # several idle periods pass while connected; the hub still answers
+            for _ in range(3):
+                await client.perform("hub.ping", {})
+                with anyio.move_on_after(0.15):
+                    await anyio.Event().wait()
+            assert (await client.status())["clients"] == 1
+        with anyio.fail_after(10):
+            while hub.started_at is not None and not hub._stop.is_set():
+                await anyio.sleep(0.01)
+
+
+# -- the IPC socket -------------------------------------------------------------------------
+async def test_client_performs_and_errors_keep_their_type(home: Path) -> None:
+    async with (
+        embedded_hub(home, plugins=[("full", Full())]) as hub,
+        HubClient.open(hub.socket_path) as client,
+    ):
+        assert await client.perform("full.say", {"text": "ok"}) == {"text": "ok"}
+        with pytest.raises(InvalidInput) as err:
+            await client.perform("full.say", {})
+        assert err.value.errors == [{"field": "text", "message": "Field required"}]
+        with pytest.raises(ActionNotFound) as missing:
+            await client.perform("nope.nothing", {})
+        assert missing.value.name == "nope.nothing"
+        hello = await client.hello()
+        assert hello["protocol"] == 1 and hello["home"] == str(home)
+
+
+async def test_requests_on_one_connection_run_concurrently(home: Path) -> None:
+    full = Full()
+    full.release = anyio.Event()
+    async with (
+        embedded_hub(home, plugins=[("full", full)]) as hub,
+        HubClient.open(hub.socket_path) as client,
+    ):
+        results: list[str] = []
+
+        async def slow() -> None:
+            results.append((await client.perform("full.slow", {"text": "slow"}))["text"])
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(slow)
+            with anyio.fail_after(5):
+                results.append((await client.perform("hub.ping", {"echo": "fast"}))["echo"])
+            full.release.set()
+        assert results == ["fast", "slow"]
+
+
+async def test_subscribe_streams_messages_with_context_and_replays_since(home: Path) -> None:
+    async with (
+        embedded_hub(home, plugins=[("full", Full())]) as hub,
+        HubClient.open(hub.socket_path) as client,
+    ):
+        ctx = Context(caller="mcp:s1", origin={"session": "s1"})
+        await client.perform("full.say", {"text": "before"}, context=ctx)
+        async with client.subscribe(["lifecycle.*"], since=0) as messages:
+            await client.perform("full.say", {"text": "after"})
+            got = []
+            with anyio.fail_after(5):
+                async for env in messages:
+                    got.append(env)
+                    if len(got) == 2:
+                        break
+        assert [e["data"]["text"] for e in got] == ["before", "after"]
+        assert got[0]["context"]["origin"] == {"session": "s1"}
+        assert got[0]["context"]["caller"] == "mcp:s1"
+        assert got[0]["seq"] < got[1]["seq"]
+
+
+async def test_background_jobs_over_ipc(home: Path) -> None:
+    async with (
+        embedded_hub(home, plugins=[("full", Full())]) as hub,
+        HubClient.open(hub.socket_path) as client,
+    ):
+        job_id = await client.perform_async("full.say", {"text": "bg"})
+        info = await client.job(job_id, wait=5)
+        assert info["status"] == "completed" and info["result"] == {"text": "bg"}
+        with pytest.raises(InvalidInput, match="no job"):
+            await client.job("nope")
+
+
+async def test_query_over_ipc(home: Path) -> None:
+    async with (
+        embedded_hub(home, plugins=[("full", Full())]) as hub,
+        HubClient.open(hub.socket_path) as client,
+    ):
+        assert await client.query("Lookup", {"key": "a"}) == {"key": "a", "value": "A"}
+        assert await client.query("Lookup", {"key": "a"}, all=True) == [{"key": "a", "value": "A"}]
+        with pytest.raises(InvalidInput, match="unknown query 'Nope' \\(known: Lookup\\)"):
+            await client.query("Nope", {})
+        with pytest.raises(InvalidInput, match="key"):
+            await client.query("Lookup", {})
+
+
+async def test_garbage_on_the_socket_gets_json_rpc_errors_and_the_connection_lives(
+    home: Path,
+) -> None:
+    async with embedded_hub(home) as hub:
+        stream = await anyio.connect_unix(hub.socket_path)
+        async with stream:
+            from anyio.streams.buffered import BufferedByteReceiveStream
+
+            reader = BufferedByteReceiveStream(stream)
+
+            async def ask(raw: bytes) -> dict[str, Any]:
+                await stream.send(raw + b"\n")
+                with anyio.fail_after(5):
+                    return dict(json.loads(await reader.receive_until(b"\n", 1 << 20)))
+
+            assert (await ask(b"{not json"))["error"]["code"] == -32700
+            assert (await ask(b'{"id": 1, "method": "nope"}'))["error"]["code"] == -32601
+            assert (await ask(b'{"id": 2, "method": "perform", "params": [1]}'))["error"][
+                "code"
+            ] == -32602
+            bad = await ask(
+                b'{"id": 3, "method": "perform", "params": {"action": "hub.ping", "bogus": 1}}'
+            )
+            assert bad["error"]["code"] == -32602
+            ok = await ask(
+                b'{"jsonrpc": "2.0", "id": 4, "method": "perform", "params": {"action": "hub.ping", "input": {"echo": "still here"}}}'
+            )
+            assert ok["result"]["echo"] == "still here"

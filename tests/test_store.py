@@ -1,0 +1,193 @@
+"""The SQLite store: pragmas, per-plugin migrations, BEGIN IMMEDIATE, messages after commit."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from pathlib import Path
+from typing import Any, ClassVar
+
+import anyio
+import pytest
+from sqlite_utils import Database, Migrations
+
+from fleetbus.bus import Bus, Message, StartupError, Store, Tx
+
+pytestmark = pytest.mark.anyio
+
+
+class Saved(Message):
+    topic: ClassVar[str] = "test.saved"
+    n: int
+
+
+def make_migrations() -> Migrations:
+    m = Migrations("fleetbus.test")
+
+    @m()
+    def m0001_initial(db: Database) -> None:
+        db.table("items").create({"id": int, "n": int}, pk="id")
+
+    @m()
+    def m0002_add_note(db: Database) -> None:
+        db.table("items").add_column("note", str)
+
+    return m
+
+
+def test_open_sets_wal_full_sync_and_a_busy_timeout(tmp_path: Path) -> None:
+    store = Store(tmp_path / "f.db")
+    db = store.open()
+    try:
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+        assert db.execute("PRAGMA busy_timeout").fetchone()[0] >= 5000
+        assert (tmp_path / "f.db").stat().st_mode & 0o777 == 0o600
+    finally:
+        store.close()
+
+
+def test_migrations_on_a_blank_database_give_the_expected_columns(tmp_path: Path) -> None:
+    store = Store(tmp_path / "f.db")
+    store.open()
+    try:
+        applied = store.migrate([("test", make_migrations())])
+        assert applied == ["fleetbus.test:m0001_initial", "fleetbus.test:m0002_add_note"]
+        assert store.db.table("items").columns_dict == {"id": int, "n": int, "note": str}
+        assert store.migrate([("test", make_migrations())]) == []  # idempotent
+    finally:
+        store.close()
+
+
+def test_a_failing_migration_applies_nothing_of_its_set_and_names_the_plugin(
+    tmp_path: Path,
+) -> None:
+    m = Migrations("fleetbus.broken")
+
+    @m()
+    def m0001_ok(db: Database) -> None:
+        db.table("things").create({"id": int}, pk="id")
+
+    @m()
+    def m0002_bad(db: Database) -> None:
+        db.execute("this is not sql")
+
+    store = Store(tmp_path / "f.db")
+    store.open()
+    try:
+        with pytest.raises(StartupError, match="plugin 'broken'.*nothing of it was applied"):
+            store.migrate([("broken", m)])
+        assert not store.db.table("things").exists()
+        assert m.applied(store.db) == []
+    finally:
+        store.close()
+
+
+def test_a_corrupt_database_is_a_clear_startup_error(tmp_path: Path) -> None:
+    path = tmp_path / "f.db"
+    path.write_bytes(b"this is not a database, just some text" * 200)
+    with pytest.raises(StartupError, match="cannot open the database"):
+        Store(path).open()
+    assert path.read_bytes().startswith(b"this is not a database")  # untouched
+
+
+async def test_messages_are_published_after_commit_and_never_for_a_rollback(tmp_path: Path) -> None:
+    async with Bus() as bus:
+        store = Store(tmp_path / "f.db", bus.publish)
+        store.open()
+        store.migrate([("test", make_migrations())])
+        sub = bus.open_subscription(["test.saved"])
+        seen_inside: list[int] = []
+
+        def save(tx: Tx) -> int:
+            rowid = tx.db.table("items").insert({"n": 1}).last_pk
+            tx.publish(Saved(n=1))
+            seen_inside.append(sub.delivered + len(list(bus.history())))
+            return int(rowid)
+
+        assert await store.write(save) == 1
+        assert seen_inside == [0]  # nothing published while the transaction was open
+        with anyio.fail_after(5):
+            assert (await sub.receive()).message == Saved(n=1)
+
+        def save_then_fail(tx: Tx) -> None:
+            tx.db.table("items").insert({"n": 2})
+            tx.publish(Saved(n=2))
+            raise RuntimeError("abort")
+
+        with pytest.raises(RuntimeError, match="abort"):
+            await store.write(save_then_fail)
+        assert [r["n"] for r in store.db.table("items").rows] == [1]
+        assert [e.topic for e in bus.history()] == ["test.saved"]  # only the committed one
+        store.close()
+
+
+async def test_write_waits_for_another_writer_instead_of_failing(tmp_path: Path) -> None:
+    """BEGIN IMMEDIATE queues behind a writer in another connection: the write runs once
+    that writer commits, and sees its row."""
+    path = tmp_path / "f.db"
+    store = Store(path)
+    store.open()
+    store.migrate([("test", make_migrations())])
+    other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    other.execute("BEGIN IMMEDIATE")
+    other.execute("INSERT INTO items (n) VALUES (100)")
+    seen: list[list[int]] = []
+
+    def insert(tx: Tx) -> None:
+        seen.append([r["n"] for r in tx.db.table("items").rows])
+        tx.db.table("items").insert({"n": 1})
+
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(store.write, insert)
+            with anyio.fail_after(5):
+                while store._limiter.borrowed_tokens == 0:  # the write is on its thread
+                    await anyio.sleep(0)
+            assert seen == []  # blocked behind the other writer
+            other.execute("COMMIT")
+        assert seen == [[100]]
+        assert sorted(r["n"] for r in store.db.table("items").rows) == [1, 100]
+    finally:
+        other.close()
+        store.close()
+
+
+async def test_a_cancelled_write_still_finishes_its_transaction(tmp_path: Path) -> None:
+    store = Store(tmp_path / "f.db")
+    store.open()
+    store.migrate([("test", make_migrations())])
+    entered = threading.Event()
+    proceed = threading.Event()
+
+    def slow(tx: Tx) -> None:
+        entered.set()
+        proceed.wait(10)
+        tx.db.table("items").insert({"n": 7})
+
+    async with anyio.create_task_group() as tg:
+        scope = anyio.CancelScope()
+
+        async def writer() -> None:
+            with scope:
+                await store.write(slow)
+
+        tg.start_soon(writer)
+        await anyio.to_thread.run_sync(entered.wait, 5)
+        scope.cancel()
+        proceed.set()
+    assert [r["n"] for r in store.db.table("items").rows] == [7]
+    store.close()
+
+
+async def test_read_runs_on_the_store_thread(tmp_path: Path) -> None:
+    store = Store(tmp_path / "f.db")
+    store.open()
+    store.migrate([("test", make_migrations())])
+    await store.write(lambda tx: tx.db.table("items").insert_all([{"n": i} for i in range(3)]))
+
+    def count(db: Any) -> int:
+        return int(db.execute("select count(*) from items").fetchone()[0])
+
+    assert await store.read(count) == 3
+    store.close()
