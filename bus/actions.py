@@ -47,6 +47,12 @@ class ActionSpec:
     is_async: bool = True
     arity: int = 1
     field_names: frozenset[str] = field(default_factory=frozenset)
+    allows_extra: bool = False
+
+    @property
+    def validator(self) -> Any:
+        """pydantic-core's validator of the input model (skips `model_validate`'s overhead)."""
+        return self.input_model.__pydantic_validator__
 
     def info(self) -> dict[str, Any]:
         """The action as the action list shows it (names, flags, JSON Schemas)."""
@@ -126,6 +132,7 @@ def make_spec(
         is_async=inspect.iscoroutinefunction(func),
         arity=len(params),
         field_names=frozenset(names),
+        allows_extra=input_model.model_config.get("extra") == "allow",
     )
 
 

@@ -62,6 +62,24 @@ class Client(Protocol):
     ) -> contextlib.AbstractAsyncContextManager[AsyncIterator[dict[str, Any]]]: ...
 
 
+class _Reply:
+    """One awaited JSON-RPC reply (an Event and a slot: cheaper than a stream per call)."""
+
+    __slots__ = ("event", "value")
+
+    def __init__(self) -> None:
+        self.event = anyio.Event()
+        self.value: dict[str, Any] = {}
+
+    def set(self, value: dict[str, Any]) -> None:
+        self.value = value
+        self.event.set()
+
+    async def wait(self) -> dict[str, Any]:
+        await self.event.wait()
+        return self.value
+
+
 class HubClient:
     """A connection to a hub's socket. Use `async with HubClient.open(path) as client`."""
 
@@ -69,10 +87,10 @@ class HubClient:
         self._stream = stream
         self._reader = BufferedByteReceiveStream(stream)
         self._ids = itertools.count(1)
-        self._pending: dict[int, MemoryObjectSendStream[dict[str, Any]]] = {}
+        self._pending: dict[int, _Reply] = {}
         self._subs: dict[str, MemoryObjectSendStream[dict[str, Any]]] = {}
         self._early: dict[str, list[dict[str, Any]]] = {}
-        self._send_lock = anyio.Lock()
+        self._send_lock = anyio.Lock(fast_acquire=True)
         self._closed = False
 
     @classmethod
@@ -102,7 +120,7 @@ class HubClient:
                 if "id" in msg and msg["id"] is not None and ("result" in msg or "error" in msg):
                     waiter = self._pending.pop(msg["id"], None)
                     if waiter is not None:
-                        waiter.send_nowait(msg)
+                        waiter.set(msg)
                 elif msg.get("method") == "message":
                     params = msg.get("params", {})
                     sid = str(params.get("subscription"))
@@ -132,8 +150,7 @@ class HubClient:
                 }
             }
             for waiter in self._pending.values():
-                with contextlib.suppress(Exception):
-                    waiter.send_nowait(lost)
+                waiter.set(lost)
             self._pending.clear()
             for target in self._subs.values():
                 target.close()
@@ -143,25 +160,16 @@ class HubClient:
         if self._closed:
             raise ConnectionFailed("the connection to the hub is closed")
         req_id = next(self._ids)
-        send, receive = anyio.create_memory_object_stream[dict[str, Any]](1)
-        self._pending[req_id] = send
+        waiter = self._pending[req_id] = _Reply()
         req = {"jsonrpc": "2.0", "id": req_id, "method": method, "params": dict(params or {})}
         try:
             async with self._send_lock:
                 await self._stream.send(encode(req))
-            async with receive:
-                reply = await receive.receive()
-        except (
-            anyio.BrokenResourceError,
-            anyio.ClosedResourceError,
-            anyio.EndOfStream,
-            OSError,
-        ) as e:
+            reply = await waiter.wait()
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as e:
             raise ConnectionFailed(f"lost the connection to the hub: {e}") from e
         finally:
             self._pending.pop(req_id, None)
-            send.close()
-            receive.close()
         if "error" in reply:
             err = reply["error"]
             data = err.get("data")

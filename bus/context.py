@@ -26,13 +26,15 @@ def new_id() -> str:
 ProgressReporter = Callable[[float | None, str], None]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Context:
     """Correlation id, caller and parent of one call.
 
     `caller` says who started the chain: `cli`, `mcp:<session>`, `run:<run_id>`, `hub`.
     `origin` carries string facts a front end wants back with the messages (an MCP
     session id, say). `job_id` is set while the call runs as a background job.
+    Treat a context as immutable: derive new ones with `child()` (it is not a frozen
+    dataclass only because that makes creating one, on every call, twice as slow).
     """
 
     correlation_id: str = field(default_factory=new_id)

@@ -8,6 +8,7 @@ any fault before `task_status.started()` is a `StartupError` and nothing is left
 
 from __future__ import annotations
 
+import functools
 import inspect
 import logging
 import os
@@ -35,7 +36,9 @@ log = logging.getLogger("fleetbus.hub")
 VERSION = "0.1.0"
 
 
+@functools.cache
 def version() -> str:
+    """The installed distribution's version (looked up once: metadata reads are slow)."""
     try:
         from importlib.metadata import version as dist_version
 

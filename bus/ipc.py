@@ -81,7 +81,7 @@ class Connection:
         self.hub = hub
         self.stream = stream
         self.reader = BufferedByteReceiveStream(stream)
-        self.send_lock = anyio.Lock()
+        self.send_lock = anyio.Lock(fast_acquire=True)
         self.subs: dict[str, Subscription] = {}
         self._next_sub = 0
 

@@ -20,10 +20,13 @@ from fleetbus.bus import (
     StartupError,
     hookimpl,
 )
+from fleetbus.bus.actions import ActionRegistrar
 from fleetbus.bus.client import HubClient
 from fleetbus.bus.hub import Hub
 from fleetbus.bus.lock import is_locked
 from fleetbus.bus.paths import Home
+from fleetbus.bus.queries import QueryRegistrar
+from fleetbus.bus.subscribers import SubscriberRegistrar
 from fleetbus.testing.hub import embedded_hub, isolated_env
 
 pytestmark = pytest.mark.anyio
@@ -122,7 +125,7 @@ class Full:
         register(self.migrations)
 
     @hookimpl
-    def register_actions(self, register: Any) -> None:
+    def register_actions(self, register: ActionRegistrar) -> None:
         hub: Hub = register.hub
 
         @register("full.say", exposed=True)
@@ -142,13 +145,13 @@ class Full:
             return req
 
     @hookimpl
-    def register_queries(self, register: Any) -> None:
+    def register_queries(self, register: QueryRegistrar) -> None:
         @register(Lookup)
         def lookup(q: Lookup) -> dict[str, str]:
             return {"key": q.key, "value": q.key.upper()}
 
     @hookimpl
-    def register_subscribers(self, subscribe: Any) -> None:
+    def register_subscribers(self, subscribe: SubscriberRegistrar) -> None:
         @subscribe(Said)
         async def heard(message: Said) -> None:
             self.heard.append(message.text)
@@ -179,7 +182,7 @@ async def test_disabling_a_builtin_by_name(home: Path) -> None:
 
 async def test_a_second_hub_for_the_same_home_is_refused(home: Path) -> None:
     async with embedded_hub(home):
-        with pytest.raises(StartupError, match="another hub .* is already running"):
+        with pytest.raises(StartupError, match=r"another hub .* is already running"):
             async with embedded_hub(home):
                 pytest.fail("two hubs")
 

@@ -75,7 +75,7 @@ def test_a_failing_migration_applies_nothing_of_its_set_and_names_the_plugin(
     store = Store(tmp_path / "f.db")
     store.open()
     try:
-        with pytest.raises(StartupError, match="plugin 'broken'.*nothing of it was applied"):
+        with pytest.raises(StartupError, match=r"plugin 'broken'.*nothing of it was applied"):
             store.migrate([("broken", m)])
         assert not store.db.table("things").exists()
         assert m.applied(store.db) == []
@@ -103,7 +103,7 @@ async def test_messages_are_published_after_commit_and_never_for_a_rollback(tmp_
             rowid = tx.db.table("items").insert({"n": 1}).last_pk
             tx.publish(Saved(n=1))
             seen_inside.append(sub.delivered + len(list(bus.history())))
-            return int(rowid)
+            return int(rowid or 0)
 
         assert await store.write(save) == 1
         assert seen_inside == [0]  # nothing published while the transaction was open
