@@ -159,7 +159,7 @@ class Bus:
         if known is not handler.query_type:
             raise StartupError(
                 f"query name {name!r} is used by two classes ({known.__module__} and "
-                f"{handler.query_type.__module__}); set a distinct `name` on one"
+                f"{handler.query_type.__module__}); set a distinct `query_id` on one"
             )
         self._queries.setdefault(name, []).append(handler)
 

@@ -21,13 +21,13 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 class Query(BaseModel):
-    """Base of typed questions; `name` (default: the class name) addresses it over IPC."""
+    """Base of typed questions; `query_id` (default: the class name) addresses it over IPC."""
 
-    name: ClassVar[str] = ""
+    query_id: ClassVar[str] = ""
 
     @classmethod
     def query_name(cls) -> str:
-        return cls.name or cls.__name__
+        return cls.query_id or cls.__name__
 
 
 @dataclass(frozen=True, slots=True)
