@@ -66,6 +66,7 @@ class Hub:
         idle_timeout: float | None = None,
         serve_socket: bool = True,
         clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         if home is None:
             home = Home.from_env(env)
@@ -80,6 +81,7 @@ class Hub:
         self.serve_socket = serve_socket
         self._idle_timeout = idle_timeout
         self.clock = clock
+        self.wall_clock = wall_clock  # epoch seconds; tests inject one for rates and backoff
         self.clients = 0
         self.started_at: float | None = None
         self._stop = anyio.Event()

@@ -412,6 +412,47 @@ class AgentSpec(BaseModel):
         return argv
 
 
+class SessionSpec(BaseModel):
+    """How a workspace's session queue treats a prompt that arrives while a run is active."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    mode: Literal["queue", "followup", "interrupt"] = Field(
+        "queue",
+        description="Default session_mode: queue (wait), followup (run after it, with its "
+        "context) or interrupt (cancel the active run and start the new one).",
+    )
+    cap: int = Field(10, ge=1, description="Most prompts waiting in one workspace's queue.")
+    drop: Literal["old", "new"] = Field(
+        "old",
+        description="When the queue is full: drop the oldest waiting prompt, or refuse the new one.",
+    )
+    debounce_ms: int = Field(
+        800,
+        ge=0,
+        description="Prompts that arrive within this many milliseconds of each other while "
+        "the workspace is busy are merged into one run.",
+    )
+    max_concurrent: int = Field(1, ge=1, description="Runs active at once in one workspace.")
+
+
+class BreakerSpec(BaseModel):
+    """The failure circuit breaker of each agent's pool."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    failures: int = Field(3, ge=1, description="Fast failures that trip the breaker.")
+    fast_failure_s: float = Field(
+        60,
+        gt=0,
+        description="A failed run counts as fast when it ended within this many seconds of its start.",
+    )
+    window_s: float = Field(
+        600, gt=0, description="The fast failures must fall within this many seconds."
+    )
+    backoff_minutes: float = Field(30, gt=0, description="How long a tripped pool backs off.")
+
+
 class DispatchSpec(BaseModel):
     """Where workspaces live and how many runs may go at once."""
 
@@ -434,6 +475,12 @@ class DispatchSpec(BaseModel):
     )
     max_prompt_bytes: int = Field(
         1048576, ge=1, description="Largest prompt accepted, in bytes (UTF-8)."
+    )
+    session: SessionSpec = Field(
+        default_factory=SessionSpec, description="Session queue of each workspace."
+    )
+    breaker: BreakerSpec = Field(
+        default_factory=BreakerSpec, description="Failure circuit breaker of each agent's pool."
     )
 
     @field_validator("workspace_root")

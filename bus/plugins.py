@@ -26,7 +26,7 @@ from .errors import StartupError
 log = logging.getLogger("fleetbus.plugins")
 
 ENTRY_POINT_GROUP = "fleetbus"
-DEFAULT_PLUGINS: tuple[str, ...] = ("fleetbus.plugins.hub",)
+DEFAULT_PLUGINS: tuple[str, ...] = ("fleetbus.plugins.hub", "fleetbus.plugins.runner")
 HOOK_NAMES = frozenset(
     name
     for name in dir(hookspecs)

@@ -1,0 +1,116 @@
+"""The `runner` service: agent processes, lanes, the persistent priority queue.
+
+Actions (all exposed as MCP tools): `runner.dispatch`, `runner.status`, `runner.start`,
+`runner.stop`, `runner.kill`, `runner.poke`. Query: `WorkspaceQuery`. Messages:
+`runner.run_queued`, `runner.run_started`, `runner.run_completed`,
+`runner.queue_drained`, `runner.rate_limit_detected`, and `channel` events on
+`agent.status` (each start and finish) and `fleet` (queue drained, rate limits).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fleetbus.bus import Context, hookimpl
+from fleetbus.bus.actions import ActionRegistrar
+from fleetbus.bus.hub import Hub
+from fleetbus.bus.queries import QueryRegistrar
+from fleetbus.bus.store import MigrationsRegistrar
+
+from .models import (
+    DispatchInput,
+    DispatchResult,
+    KillInput,
+    KillResult,
+    StateResult,
+    StatusInput,
+    StatusResult,
+    WorkspaceInfo,
+    WorkspaceQuery,
+)
+from .schema import migrations
+from .service import Runner
+
+__all__ = ["Runner", "WorkspaceQuery", "runner_of"]
+
+_RUNNERS: dict[int, Runner] = {}
+
+
+def runner_of(hub: Hub) -> Runner:
+    """The runner of `hub` (created on first use, when the manifest is loaded)."""
+    runner = _RUNNERS.get(id(hub))
+    if runner is None:
+        runner = _RUNNERS[id(hub)] = Runner(hub)
+    return runner
+
+
+@hookimpl
+def register_migrations(register: MigrationsRegistrar) -> None:
+    register(migrations)
+
+
+@hookimpl
+def register_actions(register: ActionRegistrar) -> None:
+    hub: Hub = register.hub
+
+    @register("runner.dispatch", exposed=True)
+    async def dispatch(req: DispatchInput, ctx: Context) -> DispatchResult:
+        """Start a coding agent on a prompt in a workspace, or queue it; returns at once.
+
+        The result says `running`, or `queued` with the reason (frozen, lane full,
+        rate delay, backoff, session busy) and the place in the queue. Completion arrives
+        as an `agent.status` channel event; `runner.status` shows every run.
+        """
+        return await runner_of(hub).dispatch(req, ctx)
+
+    @register("runner.status", exposed=True, mutating=False)
+    async def status(req: StatusInput) -> StatusResult:
+        """Counts of runs by status, whether dispatch is frozen, lane usage, pools backed
+        off, and the newest runs (filter by workspace, status, agent)."""
+        return await runner_of(hub).status(req)
+
+    @register("runner.start", exposed=True)
+    async def start() -> StateResult:
+        """Unfreeze dispatch and start queued runs that fit."""
+        return await runner_of(hub).start()
+
+    @register("runner.stop", exposed=True)
+    async def stop() -> StateResult:
+        """Freeze dispatch: running runs go on, nothing new starts until runner.start."""
+        return await runner_of(hub).stop()
+
+    @register("runner.kill", exposed=True, destructive=True)
+    async def kill(req: KillInput) -> KillResult:
+        """Terminate runs. Without arguments: every running process group, cancel the
+        queue, and freeze. With run_id, agent or workspace: only those runs."""
+        return await runner_of(hub).kill(req)
+
+    @register("runner.poke", exposed=True)
+    async def poke() -> StateResult:
+        """Drain the queue now instead of waiting for the next timer tick."""
+        return await runner_of(hub).poke_now()
+
+
+@hookimpl
+def register_queries(register: QueryRegistrar) -> None:
+    hub: Hub = register.hub
+
+    @register(WorkspaceQuery)
+    async def workspaces(q: WorkspaceQuery) -> list[WorkspaceInfo]:
+        return await runner_of(hub).workspaces(q)
+
+
+@hookimpl
+async def startup(hub: Hub) -> None:
+    await runner_of(hub).startup()
+
+
+@hookimpl
+def shutdown(hub: Hub) -> None:
+    _RUNNERS.pop(id(hub), None)
+
+
+@hookimpl
+def is_busy(hub: Hub) -> Any:
+    runner = _RUNNERS.get(id(hub))
+    return runner is not None and runner.is_busy()

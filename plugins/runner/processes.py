@@ -1,0 +1,142 @@
+"""Agent processes: spawned through a tiny fixed wrapper, each in its own session.
+
+The wrapper is a constant `sh` script (never built from input; the agent's argv is passed
+as arguments) that records the pid before the agent starts and the exit code after it
+ends, in the run's directory, so a hub that was down when the agent finished still learns
+how it ended. Spawning uses `posix_spawn` with `setsid`; exits are awaited on a pidfd.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import anyio
+import psutil
+
+SHELL = "/bin/sh"
+# $1 run dir, $2 working directory, then the agent's argv. A TERM/INT trap (not an
+# ignore, which the agent would inherit) lets the wrapper outlive the signal that ends
+# the agent, so it can still write the exit code.
+WRAPPER = r"""d=$1; cd -- "$2" || { echo "fleetbus: cannot enter workspace $2" >&2; echo 126 > "$d/exit"; exit 126; }
+shift 2
+echo $$ > "$d/pid"
+trap ': ' TERM INT HUP
+"$@"
+c=$?
+echo $c > "$d/exit"
+exit $c
+"""
+
+
+def spawn(
+    argv: Sequence[str],
+    *,
+    cwd: Path,
+    env: Mapping[str, str],
+    run_dir: Path,
+    log: Path,
+    stdin: Path | None,
+) -> int:
+    """Start `argv` in `cwd` in a new session; stdout and stderr append to `log`. Returns the pid."""
+    actions: list[tuple[int, ...] | tuple[int, int, str, int, int]] = [
+        (os.POSIX_SPAWN_OPEN, 0, str(stdin) if stdin else os.devnull, os.O_RDONLY, 0),
+        (os.POSIX_SPAWN_OPEN, 1, str(log), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600),
+        (os.POSIX_SPAWN_DUP2, 1, 2),
+    ]
+    args = [SHELL, "-c", WRAPPER, "fleetbus-run", str(run_dir), str(cwd), *argv]
+    return os.posix_spawn(SHELL, args, dict(env), file_actions=actions, setsid=True)
+
+
+def exit_code_of(status: int) -> int:
+    """A wait status as a shell would report it: the exit code, or 128 + the signal."""
+    code = os.waitstatus_to_exitcode(status)
+    return code if code >= 0 else 128 - code
+
+
+async def wait_child(pid: int) -> int:
+    """Wait for our child `pid` to exit without blocking the loop; reap it; its exit code."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        fd = None
+    if fd is not None:
+        try:
+            await anyio.wait_readable(fd)
+        finally:
+            os.close(fd)
+    _, status = os.waitpid(pid, 0)
+    return exit_code_of(status)
+
+
+async def wait_gone(pid: int, start: float | None) -> None:
+    """Wait until `pid` (not our child: adopted after a restart) has exited."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return
+    try:
+        if start is not None and not same_process(pid, start):
+            return
+        await anyio.wait_readable(fd)
+    finally:
+        os.close(fd)
+
+
+def start_time(pid: int) -> float | None:
+    try:
+        return float(psutil.Process(pid).create_time())
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return None
+
+
+def same_process(pid: int, start: float) -> bool:
+    """True when `pid` is alive (not a zombie) and started at `start` (pid reuse guard)."""
+    try:
+        proc = psutil.Process(pid)
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return False
+        return abs(proc.create_time() - start) < 0.05
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return False
+
+
+def signal_group(pgid: int, sig: signal.Signals) -> bool:
+    """Send `sig` to every process of the group; False when none is left."""
+    try:
+        os.killpg(pgid, sig)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return False
+    return True
+
+
+def group_alive(pgid: int) -> bool:
+    """True while a process (zombies aside) remains in group `pgid`."""
+    for proc in psutil.process_iter(["pid"]):
+        with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
+            if os.getpgid(proc.pid) == pgid and proc.status() != psutil.STATUS_ZOMBIE:
+                return True
+    return False
+
+
+def read_int(path: Path) -> int | None:
+    try:
+        return int(path.read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def tail(path: Path, size: int = 65536) -> str:
+    """The last `size` bytes of a log, decoded leniently."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - size))
+            return f.read().decode(errors="replace")
+    except OSError:
+        return ""

@@ -1,0 +1,1223 @@
+"""The Runner: owns agent processes and capacity for one hub.
+
+State lives in SQLite (`runs`, `pools`); the in-memory view (active runs, lane counts,
+queued counts, pool rates) is rebuilt from it at startup. Every decision that changes
+state — dispatch, drain, settle, kill — holds one lock, so caps hold at every instant.
+
+Decisions this module makes where the issue is silent:
+- Debounce applies only to a busy workspace: the first prompt to an idle workspace starts
+  at once; prompts that arrive while a run is active merge into the waiting run when they
+  come within `debounce_ms` of the previous one, and the merged run waits for that quiet
+  period before it starts.
+- A followup run's prompt is prefixed with the previous run's status and the tail of its
+  output, and it gets `FLEETBUS_PREVIOUS_RUN_ID`.
+- After any run ends, what is left of its process group is killed: agents must not leave
+  daemons behind.
+- The environment of an agent is its manifest allowlist plus `PATH`, `LANG`, `LC_ALL`,
+  `TZ`, `TMPDIR` and the `FLEETBUS_*` variables.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import secrets
+import shutil
+import signal
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import anyio
+
+from fleetbus.bus import ChannelPush, Context, InvalidInput, Refused, Store, Tx
+from fleetbus.bus.manifests import AgentSpec
+
+from . import processes
+from .limits import Lanes, Pool, hhmm
+from .models import (
+    ENDED,
+    PRIORITIES,
+    PRIORITY_NAMES,
+    DispatchInput,
+    DispatchResult,
+    KillInput,
+    KillResult,
+    LaneInfo,
+    QueueDrained,
+    RateLimitDetected,
+    RunCompleted,
+    RunInfo,
+    RunQueued,
+    RunStarted,
+    StateResult,
+    StatusInput,
+    StatusResult,
+    WorkspaceInfo,
+    WorkspaceQuery,
+)
+from .workspaces import BadWorkspace, normalize, resolve
+
+if TYPE_CHECKING:
+    from fleetbus.bus.hub import Hub
+
+log = logging.getLogger("fleetbus.runner")
+
+PASSED_ENV = ("PATH", "LANG", "LC_ALL", "TZ", "TMPDIR")
+MAX_ARG_PROMPT = 100 * 1024  # Linux caps one argument at 128 KiB
+HEAD_PAGE = 64
+STATUS_CHANNEL = "agent.status"
+FLEET_CHANNEL = "fleet"
+
+
+def new_run_id() -> str:
+    return f"r{int(time.time() * 1000):x}{secrets.token_hex(3)}"
+
+
+def duration_text(seconds: float) -> str:
+    seconds = max(0, round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    minutes, secs = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes}m{secs:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m"
+
+
+@dataclass
+class Active:
+    """A run whose process is alive (or was, until the settle that removes it)."""
+
+    run_id: str
+    workspace: str
+    agent: str
+    model: str | None
+    pid: int
+    started_at: float
+    timeout_s: float
+    run_dir: Path
+    origin: dict[str, str]
+    child: bool  # ours to reap (False when adopted after a restart)
+    proc_start: float | None = None
+    stop_status: str | None = None  # cancelled | timeout, when we ended it
+    stop_reason: str = ""
+    exited: anyio.Event = field(default_factory=anyio.Event)
+    done: anyio.Event = field(default_factory=anyio.Event)
+    exit_code: int | None = None
+
+    def request_stop(self, status: str, reason: str) -> bool:
+        if self.stop_status is None:
+            self.stop_status, self.stop_reason = status, reason
+            return True
+        return False
+
+    @property
+    def counts_for_session(self) -> bool:
+        return self.stop_status is None
+
+
+@dataclass
+class Head:
+    """A queued run considered by the drain."""
+
+    run_id: str
+    seq: int
+    priority: int
+    agent: str
+    model: str | None
+    workspace: str
+
+
+class Runner:
+    def __init__(self, hub: Hub) -> None:
+        self.hub = hub
+        m = hub.manifest
+        self.agents: dict[str, AgentSpec] = dict(m.agents)
+        self.dispatch_spec = m.dispatch
+        self.session = m.dispatch.session
+        self.root = m.dispatch.resolved_workspace_root(hub.home.root)
+        self.runs_dir = hub.home.root / "runs"
+        self.lanes = Lanes.from_agents(m.dispatch.total_concurrency, self.agents)
+        self.pools = {
+            name: Pool(name, spec.rates, m.dispatch.breaker) for name, spec in self.agents.items()
+        }
+        self.frozen = m.dispatch.start_frozen or hub.env.get("FLEETBUS_FROZEN", "") in (
+            "1",
+            "true",
+            "yes",
+        )
+        self.active: dict[str, Active] = {}
+        self.session_active: Counter[str] = Counter()
+        self.queued_by_agent: Counter[str] = Counter()
+        self.lock = anyio.Lock()
+        self.poked = anyio.Event()
+        self.wake_at: float | None = None
+        self._had_queue = False
+        self._reasons: dict[str, str] = {}  # why queued runs wait, from the last drain
+        self._agent_reasons: dict[str, str] = {}  # why a whole agent's queue waits
+
+    # -- helpers -----------------------------------------------------------------------------
+    def now(self) -> float:
+        return self.hub.wall_clock()
+
+    @property
+    def store(self) -> Store:
+        return self.hub.store
+
+    def poke(self) -> None:
+        self.poked.set()
+
+    @property
+    def queued_total(self) -> int:
+        return sum(self.queued_by_agent.values())
+
+    def is_busy(self) -> bool:
+        return bool(self.active) or self.queued_total > 0
+
+    # -- startup: hydrate from the store -----------------------------------------------------
+    async def startup(self) -> None:
+        self.runs_dir.mkdir(parents=True, exist_ok=True)
+        self.root.mkdir(parents=True, exist_ok=True)
+        now = self.now()
+
+        def load(
+            db: Any,
+        ) -> tuple[
+            list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]
+        ]:
+            running = [dict(r) for r in db.execute("SELECT * FROM runs WHERE status = 'running'")]
+            queued_spawned = [
+                dict(r)
+                for r in db.execute(
+                    "SELECT * FROM runs WHERE status = 'queued' AND run_dir IS NOT NULL"
+                )
+            ]
+            counts = [
+                dict(r)
+                for r in db.execute(
+                    "SELECT agent, count(*) AS n FROM runs WHERE status = 'queued' GROUP BY agent"
+                )
+            ]
+            pools = [dict(r) for r in db.execute("SELECT * FROM pools")]
+            return running, queued_spawned, counts, pools
+
+        running, queued_spawned, counts, pools = await self.store.read(load)
+        for row in pools:
+            pool = self.pools.get(row["pool"])
+            if pool is not None:
+                pool.back_off(row["backoff_until"], row["reason"])
+        for name, pool in self.pools.items():
+            since = pool.last_reset(now)
+
+            def count(db: Any, name: str = name, since: float = since) -> tuple[int, float | None]:
+                row = db.execute(
+                    "SELECT coalesce(sum(started_at >= ?), 0), max(started_at) FROM runs WHERE agent = ?",
+                    [since, name],
+                ).fetchone()
+                return int(row[0]), row[1]
+
+            pool.started_today, pool.last_start = await self.store.read(count)
+            pool.counted_from = since
+        for row in counts:
+            self.queued_by_agent[row["agent"]] = row["n"]
+        for row in running + queued_spawned:
+            await self._recover(row)
+        self._had_queue = self.queued_total > 0
+        self.hub.task_group.start_soon(self._loop, name="runner loop")
+        self.poke()
+
+    async def _recover(self, row: dict[str, Any]) -> None:
+        """A run the previous hub left running: adopt it, or settle how it ended."""
+        run_dir = Path(row["run_dir"]) if row["run_dir"] else self.runs_dir / row["id"]
+        pid = row["pid"] or processes.read_int(run_dir / "pid")
+        if row["status"] == "queued" and pid is None:
+            return  # spawned-but-unrecorded is impossible without a pid file: it never ran
+        proc_start = row["proc_start"]
+        if pid is not None and proc_start is None:
+            proc_start = processes.start_time(pid)
+            pid_file = run_dir / "pid"
+            # without a recorded start time, the pid file's age guards against pid reuse
+            if (
+                proc_start is not None
+                and pid_file.exists()
+                and abs(proc_start - pid_file.stat().st_mtime) > 5
+            ):
+                proc_start = None
+        if row["status"] == "queued":
+            self.queued_by_agent[row["agent"]] -= 1
+        if pid is not None and proc_start is not None and processes.same_process(pid, proc_start):
+            active = Active(
+                run_id=row["id"],
+                workspace=row["workspace"],
+                agent=row["agent"],
+                model=row["model"],
+                pid=pid,
+                started_at=row["started_at"] or self.now(),
+                timeout_s=row["timeout_s"],
+                run_dir=run_dir,
+                origin=json.loads(row["origin"] or "{}"),
+                child=False,
+                proc_start=proc_start,
+            )
+            self._track(active)
+            log.info("adopted run %s (pid %d)", active.run_id, pid)
+
+            def mark(tx: Tx) -> None:
+                tx.execute(
+                    "UPDATE runs SET status = 'running', pid = ?, proc_start = ?, run_dir = ?, started_at = coalesce(started_at, ?) WHERE id = ?",
+                    [pid, proc_start, str(run_dir), active.started_at, active.run_id],
+                )
+
+            await self.store.write(mark)
+            self.hub.task_group.start_soon(self._supervise, active, name=f"run {active.run_id}")
+            return
+        code = processes.read_int(run_dir / "exit")
+        ended = (run_dir / "exit").stat().st_mtime if code is not None else self.now()
+        if code is None:
+            status, reason = "failed", "process died while the hub was down"
+        else:
+            status, reason = self._status_for(code, row["workspace"], row["started_at"])
+        await self._write_end(row, status, reason, code, ended, self._usage(row["agent"], run_dir))
+        log.info("run %s ended while the hub was down: %s", row["id"], status)
+
+    # -- dispatch ----------------------------------------------------------------------------
+    def _agent(self, name: str) -> AgentSpec:
+        spec = self.agents.get(name)
+        if spec is None:
+            known = ", ".join(sorted(self.agents)) or "none"
+            raise InvalidInput.from_errors(
+                "runner.dispatch",
+                [{"field": "agent", "message": f"unknown agent {name!r} (known: {known})"}],
+            )
+        return spec
+
+    def _validate(self, req: DispatchInput) -> tuple[AgentSpec, str | None, str, Path]:
+        def bad(fieldname: str, message: str) -> InvalidInput:
+            return InvalidInput.from_errors(
+                "runner.dispatch", [{"field": fieldname, "message": message}]
+            )
+
+        spec = self._agent(req.agent)
+        try:
+            model = spec.resolve_model(req.model)
+        except ValueError as e:
+            raise bad("model", str(e)) from None
+        if model is not None and (model.startswith("-") or "\x00" in model):
+            raise bad("model", "must not start with '-' or contain a NUL byte")
+        if "\x00" in req.prompt:
+            raise bad("prompt", "contains a NUL byte")
+        if not req.prompt.strip():
+            raise bad("prompt", "must not be empty")
+        size = len(req.prompt.encode())
+        limit = self.dispatch_spec.max_prompt_bytes
+        if size > limit:
+            raise bad(
+                "prompt", f"is {size} bytes; the limit is {limit} (dispatch.max_prompt_bytes)"
+            )
+        if spec.prompt == "arg":
+            if size > MAX_ARG_PROMPT:
+                raise bad(
+                    "prompt",
+                    f"is {size} bytes, too long for a command-line argument ({MAX_ARG_PROMPT}); "
+                    "give the agent `prompt: stdin` or `prompt: file`",
+                )
+            if req.prompt.startswith("-"):
+                raise bad(
+                    "prompt",
+                    f"starts with '-', which {req.agent} could read as an option; start it with a word",
+                )
+        if req.idempotency_key is not None and "\x00" in req.idempotency_key:
+            raise bad("idempotency_key", "contains a NUL byte")
+        try:
+            name = normalize(req.workspace, self.root)
+            path = resolve(name, self.root, create=False)
+        except BadWorkspace as e:
+            raise bad("workspace", str(e)) from None
+        program = spec.render("x", "x", str(path), model, sys.executable)[0]
+        if shutil.which(program, path=self.hub.env.get("PATH", os.defpath)) is None:
+            raise Refused(
+                f"agent {req.agent!r} cannot run here: {program!r} is not installed or not on PATH; "
+                "install it, or choose another agent"
+            )
+        return spec, model, name, path
+
+    async def dispatch(self, req: DispatchInput, ctx: Context) -> DispatchResult:
+        spec, model, name, _path = self._validate(req)
+        mode = req.session_mode or self.session.mode
+        timeout_s = (req.timeout_minutes or spec.timeout_minutes) * 60
+        async with self.lock:
+            if req.idempotency_key is not None:
+                existing = await self.store.read(
+                    lambda db: db.execute(
+                        "SELECT id, status, reason FROM runs WHERE idempotency_key = ?",
+                        [req.idempotency_key],
+                    ).fetchone()
+                )
+                if existing is not None:
+                    return await self._result(
+                        existing["id"], existing["status"], existing["reason"]
+                    )
+            try:
+                resolve(name, self.root, create=True)
+            except BadWorkspace as e:
+                raise InvalidInput.from_errors(
+                    "runner.dispatch", [{"field": "workspace", "message": str(e)}]
+                ) from None
+            except OSError as e:
+                raise Refused(f"cannot create workspace {name}: {e.strerror}") from e
+            now = self.now()
+            busy = self.session_active[name] >= self.session.max_concurrent
+            queued_here = await self._session_queue(name)
+            if mode == "interrupt":
+                await self._interrupt(name, ctx)
+                busy = False
+                queued_here = []
+            elif (busy or queued_here) and queued_here and self.session.debounce_ms > 0:
+                last = queued_here[-1]
+                window = self.session.debounce_ms / 1000
+                if (
+                    now - last["merged_at"] <= window
+                    and last["agent"] == req.agent
+                    and last["model"] == model
+                    and req.idempotency_key is None
+                ):
+                    return await self._merge(last, req.prompt, now + window)
+            if queued_here and len(queued_here) >= self.session.cap and mode != "interrupt":
+                if self.session.drop == "new":
+                    run_id = await self._insert(
+                        req,
+                        ctx,
+                        name,
+                        model,
+                        mode,
+                        timeout_s,
+                        now,
+                        status="cancelled",
+                        reason=f"refused: the session queue of {name} is full ({self.session.cap} waiting; drop new)",
+                    )
+                    return DispatchResult(
+                        run_id=run_id,
+                        status="cancelled",
+                        reason=f"session queue full ({self.session.cap})",
+                    )
+                await self._cancel_runs(
+                    [queued_here[0]["id"]],
+                    f"dropped: the session queue of {name} was full ({self.session.cap} waiting; drop old)",
+                )
+            previous = None
+            if mode == "followup":
+                previous = await self._previous_run(name)
+            not_before = now + self.session.debounce_ms / 1000 if (busy or queued_here) else 0.0
+            run_id = await self._insert(
+                req,
+                ctx,
+                name,
+                model,
+                mode,
+                timeout_s,
+                now,
+                status="queued",
+                reason="session busy" if busy or queued_here else "",
+                not_before=not_before,
+                previous=previous,
+            )
+            self.queued_by_agent[req.agent] += 1
+            self._had_queue = True
+            await self._drain()
+            row = await self.store.read(
+                lambda db: db.execute(
+                    "SELECT id, status, reason FROM runs WHERE id = ?", [run_id]
+                ).fetchone()
+            )
+            result = await self._result(row["id"], row["status"], row["reason"])
+            if result.status == "queued":
+                self.hub.bus.publish(
+                    RunQueued(
+                        run_id=run_id,
+                        workspace=name,
+                        agent=req.agent,
+                        model=model,
+                        reason=result.reason,
+                        queue_position=result.queue_position,
+                    ),
+                    ctx,
+                )
+            return result
+
+    async def _result(self, run_id: str, status: str, reason: str) -> DispatchResult:
+        position = None
+        if status == "queued":
+
+            def pos(db: Any) -> tuple[int, str]:
+                row = db.execute(
+                    "SELECT priority, seq, agent FROM runs WHERE id = ?", [run_id]
+                ).fetchone()
+                ahead = db.execute(
+                    "SELECT count(*) FROM runs WHERE status = 'queued' AND (priority < ? OR (priority = ? AND seq < ?))",
+                    [row[0], row[0], row[1]],
+                ).fetchone()[0]
+                return 1 + int(ahead), str(row[2])
+
+            position, agent = await self.store.read(pos)
+            reason = self._why_queued(run_id, agent) or reason or "waiting for earlier runs"
+        return DispatchResult(
+            run_id=run_id,
+            status=status,
+            reason=reason if status != "running" else "",
+            queue_position=position,
+        )
+
+    def _why_queued(self, run_id: str, agent: str) -> str:
+        """Why a queued run waits, as the last drain saw it."""
+        if self.frozen:
+            return "frozen"
+        return (
+            self._reasons.get(run_id)
+            or self._agent_reasons.get(agent)
+            or self._agent_reasons.get("*")
+            or ""
+        )
+
+    async def _session_queue(self, workspace: str) -> list[dict[str, Any]]:
+        def q(db: Any) -> list[dict[str, Any]]:
+            return [
+                dict(r)
+                for r in db.execute(
+                    "SELECT id, agent, model, prompt, max(created_at, not_before - ?) AS merged_at FROM runs "
+                    "WHERE workspace = ? AND status = 'queued' ORDER BY seq",
+                    [self.session.debounce_ms / 1000, workspace],
+                )
+            ]
+
+        return await self.store.read(q)
+
+    async def _merge(self, last: dict[str, Any], prompt: str, not_before: float) -> DispatchResult:
+        def merge(tx: Tx) -> None:
+            tx.execute(
+                "UPDATE runs SET prompt = prompt || ? || ?, not_before = ? WHERE id = ?",
+                ["\n\n", prompt, not_before, last["id"]],
+            )
+
+        await self.store.write(merge)
+        result = await self._result(last["id"], "queued", "session busy")
+        result.reason = f"merged into the waiting run {last['id']} (debounce); {result.reason}"
+        return result
+
+    async def _previous_run(self, workspace: str) -> str | None:
+        active = [a.run_id for a in self.active.values() if a.workspace == workspace]
+        if active:
+            return active[-1]
+        row = await self.store.read(
+            lambda db: db.execute(
+                "SELECT id FROM runs WHERE workspace = ? AND status != 'queued' ORDER BY seq DESC LIMIT 1",
+                [workspace],
+            ).fetchone()
+        )
+        return str(row[0]) if row else None
+
+    async def _insert(
+        self,
+        req: DispatchInput,
+        ctx: Context,
+        workspace: str,
+        model: str | None,
+        mode: str,
+        timeout_s: float,
+        now: float,
+        *,
+        status: str,
+        reason: str,
+        not_before: float = 0.0,
+        previous: str | None = None,
+    ) -> str:
+        run_id = new_run_id()
+        row = {
+            "id": run_id,
+            "workspace": workspace,
+            "agent": req.agent,
+            "model": model,
+            "prompt": req.prompt,
+            "priority": PRIORITIES[req.priority],
+            "session_mode": mode,
+            "status": status,
+            "reason": reason,
+            "timeout_s": timeout_s,
+            "idempotency_key": req.idempotency_key,
+            "origin": json.dumps(dict(ctx.origin)) if ctx.origin else None,
+            "previous_run": previous,
+            "created_at": now,
+            "not_before": not_before,
+            "ended_at": now if status in ENDED else None,
+        }
+
+        def insert(tx: Tx) -> None:
+            tx.db.table("runs").insert(row)
+
+        await self.store.write(insert)
+        return run_id
+
+    async def _interrupt(self, workspace: str, ctx: Context) -> None:
+        """Cancel the workspace's active runs and its waiting prompts (a new one replaces them)."""
+        queued = await self._session_queue(workspace)
+        if queued:
+            await self._cancel_runs(
+                [r["id"] for r in queued], "cancelled: interrupted by a newer prompt"
+            )
+        for active in [a for a in self.active.values() if a.workspace == workspace]:
+            self._stop(active, "cancelled", "interrupted by a newer prompt")
+
+    # -- the drain ---------------------------------------------------------------------------
+    async def _loop(self) -> None:
+        while True:
+            timeout = self.dispatch_spec.drain_interval
+            if self.wake_at is not None:
+                timeout = max(0.0, min(timeout, self.wake_at - self.now()))
+            with anyio.move_on_after(timeout):
+                await self.poked.wait()
+            self.poked = anyio.Event()
+            async with self.lock:
+                await self._drain()
+
+    async def _drain(self) -> None:
+        """Start queued runs while lanes allow: highest priority first, then oldest."""
+        self._reasons = {}
+        self._agent_reasons = {}
+        self.wake_at = None
+        if self.frozen:
+            return
+        started = 0
+        while True:
+            if self.lanes.running_total >= self.lanes.total:
+                self._agent_reasons.setdefault(
+                    "*", f"lane full: total {self.lanes.running_total}/{self.lanes.total}"
+                )
+                break
+            now = self.now()
+            best: Head | None = None
+            for agent in [a for a, n in self.queued_by_agent.items() if n > 0]:
+                if agent not in self.agents:
+                    continue
+                lane = self.lanes.blocker(agent, None)
+                if lane is not None:
+                    self._agent_reasons[agent] = lane
+                    continue
+                blocked = self.pools[agent].blocker(now)
+                if blocked is not None:
+                    self._agent_reasons[agent] = blocked[0]
+                    self._wake(blocked[1])
+                    continue
+                head = await self._head(agent, now)
+                if head is not None and (
+                    best is None or (head.priority, head.seq) < (best.priority, best.seq)
+                ):
+                    best = head
+            if best is None:
+                break
+            await self._start(best)
+            started += 1
+        if self._had_queue and self.queued_total == 0 and started:
+            self._had_queue = False
+            self.hub.bus.publish(QueueDrained(started=started))
+            self.hub.bus.publish(
+                ChannelPush(
+                    channel=FLEET_CHANNEL,
+                    content="queue drained: every queued run has started",
+                    meta={"channel": FLEET_CHANNEL, "event": "queue_drained"},
+                )
+            )
+
+    def _wake(self, at: float) -> None:
+        if self.wake_at is None or at < self.wake_at:
+            self.wake_at = at
+
+    async def _head(self, agent: str, now: float) -> Head | None:
+        """The first queued run of `agent` that may start now (indexed, paged)."""
+        offset = 0
+        while True:
+
+            def page(db: Any, offset: int = offset) -> list[Any]:
+                return list(
+                    db.execute(
+                        "SELECT id, seq, priority, model, workspace, not_before FROM runs "
+                        "WHERE status = 'queued' AND agent = ? ORDER BY priority, seq LIMIT ? OFFSET ?",
+                        [agent, HEAD_PAGE, offset],
+                    )
+                )
+
+            rows = await self.store.read(page)
+            for r in rows:
+                if self.session_active[r["workspace"]] >= self.session.max_concurrent:
+                    self._reasons.setdefault(r["id"], "session busy")
+                    continue
+                if r["not_before"] > now:
+                    self._reasons.setdefault(r["id"], "debounce: waiting for more prompts")
+                    self._wake(r["not_before"])
+                    continue
+                lane = self.lanes.blocker(agent, r["model"])
+                if lane is not None:
+                    self._reasons.setdefault(r["id"], lane)
+                    continue
+                return Head(r["id"], r["seq"], r["priority"], agent, r["model"], r["workspace"])
+            if len(rows) < HEAD_PAGE:
+                return None
+            offset += HEAD_PAGE
+
+    async def _start(self, head: Head) -> None:
+        """Spawn a queued run's process and record it as running."""
+        row = await self.store.read(
+            lambda db: dict(db.execute("SELECT * FROM runs WHERE id = ?", [head.run_id]).fetchone())
+        )
+        spec = self.agents[head.agent]
+        run_dir = self.runs_dir / head.run_id
+        run_dir.mkdir(parents=True, exist_ok=True)
+        log_path = run_dir / "output.log"
+        workspace = resolve(head.workspace, self.root, create=True)
+        prompt = row["prompt"]
+        env = {k: v for k, v in self.hub.env.items() if k in PASSED_ENV or k in spec.env}
+        env.update(
+            FLEETBUS_RUN_ID=head.run_id,
+            FLEETBUS_SOCKET=str(self.hub.socket_path),
+            FLEETBUS_HOME=str(self.hub.home.root),
+            FLEETBUS_WORKSPACE=str(workspace),
+        )
+        if row["previous_run"]:
+            env["FLEETBUS_PREVIOUS_RUN_ID"] = row["previous_run"]
+            prompt = await self._followup_prompt(row["previous_run"], prompt)
+        prompt_file = run_dir / "prompt.txt"
+        if spec.prompt != "arg":
+            prompt_file.write_text(prompt)
+        argv = spec.render(
+            prompt if spec.prompt == "arg" else None,
+            str(prompt_file) if spec.prompt == "file" else None,
+            str(workspace),
+            head.model,
+            sys.executable,
+        )
+        now = self.now()
+        try:
+            pid = processes.spawn(
+                argv,
+                cwd=workspace,
+                env=env,
+                run_dir=run_dir,
+                log=log_path,
+                stdin=prompt_file if spec.prompt == "stdin" else None,
+            )
+        except OSError as e:
+            self.queued_by_agent[head.agent] -= 1
+            await self._write_end(
+                row, "failed", f"could not start: {e.strerror or e}", None, now, None
+            )
+            return
+        proc_start = processes.start_time(pid)
+        active = Active(
+            run_id=head.run_id,
+            workspace=head.workspace,
+            agent=head.agent,
+            model=head.model,
+            pid=pid,
+            started_at=now,
+            timeout_s=row["timeout_s"],
+            run_dir=run_dir,
+            origin=json.loads(row["origin"] or "{}"),
+            child=True,
+            proc_start=proc_start,
+        )
+        self.queued_by_agent[head.agent] -= 1
+        self._track(active)
+        self.pools[head.agent].started(now)
+        ctx = self._context(active)
+        started = RunStarted(
+            run_id=head.run_id,
+            workspace=head.workspace,
+            agent=head.agent,
+            model=head.model,
+            pid=pid,
+        )
+        channel = self._channel(
+            active, "running", f"{head.agent} started {head.workspace} (run {head.run_id})"
+        )
+
+        def claim(tx: Tx) -> None:
+            tx.execute(
+                "UPDATE runs SET status = 'running', reason = '', started_at = ?, pid = ?, proc_start = ?, run_dir = ? WHERE id = ?",
+                [now, pid, proc_start, str(run_dir), head.run_id],
+            )
+            tx.publish(started, ctx)
+            tx.publish(channel, ctx)
+
+        await self.store.write(claim)
+        self.hub.task_group.start_soon(self._supervise, active, name=f"run {head.run_id}")
+
+    async def _followup_prompt(self, previous: str, prompt: str) -> str:
+        row = await self.store.read(
+            lambda db: db.execute(
+                "SELECT status, exit_code, run_dir FROM runs WHERE id = ?", [previous]
+            ).fetchone()
+        )
+        if row is None:
+            return prompt
+        output = processes.tail(Path(row["run_dir"]) / "output.log", 4000) if row["run_dir"] else ""
+        return (
+            f"This continues run {previous} in this workspace (it ended {row['status']}, "
+            f"exit {row['exit_code']}). The end of its output:\n{output.strip()}\n\n"
+            f"Follow-up:\n{prompt}"
+        )
+
+    def _track(self, active: Active) -> None:
+        self.active[active.run_id] = active
+        self.lanes.add(active.agent, active.model)
+        self.session_active[active.workspace] += 1
+
+    def _context(self, active: Active) -> Context:
+        return Context(caller=f"run:{active.run_id}", origin=active.origin)
+
+    def _channel(self, active: Active, status: str, content: str, **extra: str) -> ChannelPush:
+        meta = {
+            "channel": STATUS_CHANNEL,
+            "run_id": active.run_id,
+            "workspace": active.workspace,
+            "agent": active.agent,
+            "status": status,
+            **extra,
+        }
+        if active.model:
+            meta["model"] = active.model
+        return ChannelPush(channel=STATUS_CHANNEL, content=content, meta=meta)
+
+    # -- supervision -------------------------------------------------------------------------
+    async def _supervise(self, active: Active) -> None:
+        async with anyio.create_task_group() as tg:
+
+            async def watch() -> None:
+                if active.child:
+                    active.exit_code = await processes.wait_child(active.pid)
+                else:
+                    await processes.wait_gone(active.pid, active.proc_start)
+                    active.exit_code = processes.read_int(active.run_dir / "exit")
+                active.exited.set()
+                tg.cancel_scope.cancel()
+
+            async def deadline() -> None:
+                remaining = active.started_at + active.timeout_s - self.now()
+                await anyio.sleep(max(0.0, remaining))
+                if self._stop(
+                    active, "timeout", f"timed out after {duration_text(active.timeout_s)}"
+                ):
+                    await anyio.Event().wait()  # the watcher ends this task group
+
+            tg.start_soon(watch)
+            tg.start_soon(deadline)
+        processes.signal_group(active.pid, signal.SIGKILL)  # nothing of the group outlives the run
+        async with self.lock:
+            await self._settle(active)
+            await self._drain()
+
+    def _stop(self, active: Active, status: str, reason: str) -> bool:
+        """Ask a run to end: SIGTERM to its group now, SIGKILL after the grace period."""
+        if not active.request_stop(status, reason):
+            return False
+        self.session_active[active.workspace] -= 1
+        self.hub.task_group.start_soon(self._terminate, active, name=f"terminate {active.run_id}")
+        return True
+
+    async def _terminate(self, active: Active) -> None:
+        processes.signal_group(active.pid, signal.SIGTERM)
+        with anyio.move_on_after(self.dispatch_spec.kill_grace):
+            await active.exited.wait()
+            return
+        processes.signal_group(active.pid, signal.SIGKILL)
+
+    def _status_for(self, code: int, workspace: str, started_at: float | None) -> tuple[str, str]:
+        if code == 0:
+            question = resolve(workspace, self.root, create=False) / ".fleetbus" / "question.md"
+            try:
+                if question.exists() and (
+                    started_at is None or question.stat().st_mtime >= started_at - 1
+                ):
+                    text = question.read_text(errors="replace").strip().splitlines()
+                    return "blocked", f"question: {text[0] if text else '(empty)'}"
+            except OSError:
+                pass
+            return "completed", ""
+        return "failed", f"exit {code}"
+
+    def _usage(self, agent: str, run_dir: Path) -> dict[str, Any] | None:
+        spec = self.agents.get(agent)
+        if spec is None or spec.usage is None:
+            return None
+        reading = spec.usage.extract(processes.tail(run_dir / "output.log"))
+        data = {k: v for k, v in reading.model_dump().items() if v is not None}
+        return data or None
+
+    async def _settle(self, active: Active) -> None:
+        """Record how a run ended, free its slot, and announce it."""
+        now = self.now()
+        code = active.exit_code
+        if active.stop_status is not None:
+            status, reason = active.stop_status, active.stop_reason
+        elif code is None:
+            status, reason = "failed", "the process ended without an exit status"
+        else:
+            status, reason = self._status_for(code, active.workspace, active.started_at)
+        usage = self._usage(active.agent, active.run_dir)
+        pool = self.pools.get(active.agent)
+        tripped: str | None = None
+        if pool is not None:
+            spec = self.agents[active.agent]
+            output = (
+                processes.tail(active.run_dir / "output.log") if spec.usage_limit_pattern else ""
+            )
+            if spec.usage_limit_pattern and re.search(spec.usage_limit_pattern, output):
+                pool.back_off(pool.next_reset(now), "the agent reported a usage limit")
+                tripped = pool.backoff_reason
+            elif status == "failed":
+                if pool.record_failure(now, active.started_at):
+                    tripped = pool.backoff_reason
+            elif status in ("completed", "blocked"):
+                pool.record_success()
+        self.active.pop(active.run_id, None)
+        self.lanes.remove(active.agent, active.model)
+        if active.counts_for_session:
+            self.session_active[active.workspace] -= 1
+        row = {
+            "id": active.run_id,
+            "workspace": active.workspace,
+            "agent": active.agent,
+            "model": active.model,
+            "started_at": active.started_at,
+            "origin": json.dumps(active.origin),
+        }
+        await self._write_end(row, status, reason, code, now, usage, pool=pool if tripped else None)
+        active.done.set()
+
+    async def _write_end(
+        self,
+        row: dict[str, Any],
+        status: str,
+        reason: str,
+        code: int | None,
+        ended: float,
+        usage: dict[str, Any] | None,
+        *,
+        pool: Pool | None = None,
+    ) -> None:
+        origin = row["origin"] if isinstance(row.get("origin"), str) else None
+        active = Active(
+            run_id=row["id"],
+            workspace=row["workspace"],
+            agent=row["agent"],
+            model=row["model"],
+            pid=0,
+            started_at=row.get("started_at") or ended,
+            timeout_s=0,
+            run_dir=Path("."),
+            origin=json.loads(origin or "{}"),
+            child=False,
+        )
+        ctx = self._context(active)
+        duration = ended - row["started_at"] if row.get("started_at") else None
+        completed = RunCompleted(
+            run_id=active.run_id,
+            workspace=active.workspace,
+            agent=active.agent,
+            model=active.model,
+            status=status,
+            exit_code=code,
+            duration_s=round(duration, 3) if duration is not None else None,
+            reason=reason,
+            usage=usage,
+        )
+        took = f" in {duration_text(duration)}" if duration is not None else ""
+        exit_text = f", exit {code}" if code is not None else ""
+        why = f" ({reason})" if reason and status != "completed" else ""
+        extra = {"exit_code": str(code)} if code is not None else {}
+        if duration is not None:
+            extra["duration_s"] = f"{duration:.1f}"
+        channel = self._channel(
+            active,
+            status,
+            f"{active.agent} finished {active.workspace}: {status}{took}{exit_text}{why}",
+            **extra,
+        )
+
+        def end(tx: Tx) -> None:
+            tx.execute(
+                "UPDATE runs SET status = ?, reason = ?, exit_code = ?, ended_at = ?, usage = ? WHERE id = ?",
+                [status, reason, code, ended, json.dumps(usage) if usage else None, active.run_id],
+            )
+            tx.publish(completed, ctx)
+            tx.publish(channel, ctx)
+            if pool is not None:
+                tx.execute(
+                    "INSERT INTO pools (pool, backoff_until, reason) VALUES (?, ?, ?) "
+                    "ON CONFLICT (pool) DO UPDATE SET backoff_until = excluded.backoff_until, reason = excluded.reason",
+                    [pool.name, pool.backoff_until, pool.backoff_reason],
+                )
+                tx.publish(
+                    RateLimitDetected(
+                        pool=pool.name, until=pool.backoff_until, reason=pool.backoff_reason
+                    )
+                )
+                tx.publish(
+                    ChannelPush(
+                        channel=FLEET_CHANNEL,
+                        content=f"{pool.name} backs off until {hhmm(pool.backoff_until)} UTC: {pool.backoff_reason}",
+                        meta={"channel": FLEET_CHANNEL, "event": "rate_limit", "pool": pool.name},
+                    )
+                )
+
+        await self.store.write(end)
+
+    # -- control actions ---------------------------------------------------------------------
+    async def _cancel_runs(self, ids: list[str], reason: str) -> int:
+        if not ids:
+            return 0
+        now = self.now()
+
+        def cancel(tx: Tx) -> list[dict[str, Any]]:
+            marks = ",".join("?" * len(ids))
+            return [
+                dict(r)
+                for r in tx.execute(
+                    f"UPDATE runs SET status = 'cancelled', reason = ?, ended_at = ? WHERE status = 'queued' AND id IN ({marks}) "
+                    "RETURNING id, agent, workspace, model, origin",
+                    [reason, now, *ids],
+                )
+            ]
+
+        rows = await self.store.write(cancel)
+        for r in rows:
+            self.queued_by_agent[r["agent"]] -= 1
+            active = Active(
+                run_id=r["id"],
+                workspace=r["workspace"],
+                agent=r["agent"],
+                model=r["model"],
+                pid=0,
+                started_at=now,
+                timeout_s=0,
+                run_dir=Path("."),
+                origin=json.loads(r["origin"] or "{}"),
+                child=False,
+            )
+            self.hub.bus.publish(
+                RunCompleted(
+                    run_id=r["id"],
+                    workspace=r["workspace"],
+                    agent=r["agent"],
+                    model=r["model"],
+                    status="cancelled",
+                    exit_code=None,
+                    duration_s=None,
+                    reason=reason,
+                ),
+                self._context(active),
+            )
+        return len(rows)
+
+    async def start(self) -> StateResult:
+        self.frozen = False
+        async with self.lock:
+            await self._drain()
+        return self.state()
+
+    async def stop(self) -> StateResult:
+        self.frozen = True
+        return self.state()
+
+    async def poke_now(self) -> StateResult:
+        async with self.lock:
+            await self._drain()
+        return self.state()
+
+    def state(self) -> StateResult:
+        return StateResult(frozen=self.frozen, running=len(self.active), queued=self.queued_total)
+
+    async def kill(self, req: KillInput) -> KillResult:
+        everything = req.run_id is None and req.agent is None and req.workspace is None
+        if req.agent is not None:
+            self._agent(req.agent)
+        workspace = None
+        if req.workspace is not None:
+            try:
+                workspace = normalize(req.workspace, self.root)
+            except BadWorkspace as e:
+                raise InvalidInput.from_errors(
+                    "runner.kill", [{"field": "workspace", "message": str(e)}]
+                ) from None
+        async with self.lock:
+            if everything:
+                self.frozen = True
+            targets = [
+                a
+                for a in self.active.values()
+                if everything
+                or a.run_id == req.run_id
+                or (req.agent is not None and a.agent == req.agent)
+                or (workspace is not None and a.workspace == workspace)
+            ]
+            clauses, params = [], []
+            if everything:
+                clauses.append("1")
+            if req.run_id is not None:
+                clauses.append("id = ?")
+                params.append(req.run_id)
+            if req.agent is not None:
+                clauses.append("agent = ?")
+                params.append(req.agent)
+            if workspace is not None:
+                clauses.append("workspace = ?")
+                params.append(workspace)
+            where = " OR ".join(clauses)
+            queued = await self.store.read(
+                lambda db: [
+                    r[0]
+                    for r in db.execute(
+                        f"SELECT id FROM runs WHERE status = 'queued' AND ({where})", params
+                    )
+                ]
+            )
+            if req.run_id is not None and not targets and not queued:
+                known = await self.store.read(
+                    lambda db: db.execute(
+                        "SELECT status FROM runs WHERE id = ?", [req.run_id]
+                    ).fetchone()
+                )
+                if known is None:
+                    raise InvalidInput.from_errors(
+                        "runner.kill", [{"field": "run_id", "message": f"no run {req.run_id!r}"}]
+                    )
+                raise Refused(f"run {req.run_id} is not running or queued (it is {known[0]})")
+            cancelled = await self._cancel_runs(queued, "cancelled by runner.kill")
+            for a in targets:
+                self._stop(a, "cancelled", "killed by runner.kill")
+        with anyio.move_on_after(self.dispatch_spec.kill_grace + 10):
+            for a in targets:
+                await a.done.wait()
+        return KillResult(killed=len(targets), cancelled=cancelled, frozen=self.frozen)
+
+    # -- status ------------------------------------------------------------------------------
+    async def status(self, req: StatusInput) -> StatusResult:
+        clauses, params = [], []
+        if req.workspace is not None:
+            try:
+                clauses.append("workspace = ?")
+                params.append(normalize(req.workspace, self.root))
+            except BadWorkspace as e:
+                raise InvalidInput.from_errors(
+                    "runner.status", [{"field": "workspace", "message": str(e)}]
+                ) from None
+        if req.status is not None:
+            clauses.append("status = ?")
+            params.append(req.status)
+        if req.agent is not None:
+            clauses.append("agent = ?")
+            params.append(req.agent)
+        where = " AND ".join(clauses) or "1"
+
+        def read(db: Any) -> tuple[dict[str, int], list[dict[str, Any]]]:
+            counts = {
+                r[0]: r[1]
+                for r in db.execute(
+                    f"SELECT status, count(*) FROM runs WHERE {where} GROUP BY status", params
+                )
+            }
+            rows = [
+                dict(r)
+                for r in db.execute(
+                    f"SELECT id, workspace, agent, model, priority, status, reason, pid, created_at, started_at, "
+                    f"ended_at, exit_code, run_dir, usage FROM runs WHERE {where} ORDER BY seq DESC LIMIT ?",
+                    [*params, req.limit],
+                )
+            ]
+            return counts, rows
+
+        counts, rows = await self.store.read(read)
+        runs = []
+        for r in rows:
+            active = self.active.get(r["id"])
+            runs.append(
+                RunInfo(
+                    run_id=r["id"],
+                    workspace=r["workspace"],
+                    agent=r["agent"],
+                    model=r["model"],
+                    priority=PRIORITY_NAMES[r["priority"]],
+                    status=r["status"],
+                    reason=r["reason"]
+                    if r["status"] != "queued"
+                    else (self._why_queued(r["id"], r["agent"]) or r["reason"]),
+                    pid=active.pid if active else r["pid"],
+                    created_at=r["created_at"],
+                    started_at=r["started_at"],
+                    ended_at=r["ended_at"],
+                    exit_code=r["exit_code"],
+                    log=str(Path(r["run_dir"]) / "output.log") if r["run_dir"] else None,
+                    usage=json.loads(r["usage"]) if r["usage"] else None,
+                )
+            )
+        now = self.now()
+        return StatusResult(
+            running=counts.get("running", 0),
+            queued=counts.get("queued", 0),
+            completed=counts.get("completed", 0),
+            failed=counts.get("failed", 0),
+            blocked=counts.get("blocked", 0),
+            cancelled=counts.get("cancelled", 0),
+            timeout=counts.get("timeout", 0),
+            total=sum(counts.values()),
+            frozen=self.frozen,
+            lanes={
+                name: LaneInfo(running=n, limit=limit)
+                for name, (n, limit) in self.lanes.info().items()
+            },
+            backoff={
+                name: f"until {hhmm(p.backoff_until)} UTC: {p.backoff_reason}"
+                for name, p in self.pools.items()
+                if p.backoff_until > now
+            },
+            runs=runs,
+        )
+
+    async def workspaces(self, q: WorkspaceQuery) -> list[WorkspaceInfo]:
+        name = None
+        if q.name is not None:
+            try:
+                name = normalize(q.name, self.root)
+            except BadWorkspace as e:
+                raise InvalidInput.from_errors(
+                    "WorkspaceQuery", [{"field": "name", "message": str(e)}]
+                ) from None
+
+        def read(db: Any) -> list[dict[str, Any]]:
+            sql = (
+                "SELECT workspace, id, status, agent FROM runs WHERE seq IN "
+                "(SELECT max(seq) FROM runs GROUP BY workspace)"
+            )
+            params: list[Any] = []
+            if name is not None:
+                sql = "SELECT workspace, id, status, agent FROM runs WHERE workspace = ? ORDER BY seq DESC LIMIT 1"
+                params = [name]
+            return [dict(r) for r in db.execute(sql, params)]
+
+        rows = await self.store.read(read)
+        infos = [
+            WorkspaceInfo(
+                name=r["workspace"],
+                path=str(self.root / r["workspace"]),
+                status=r["status"],
+                run_id=r["id"],
+                agent=r["agent"],
+            )
+            for r in rows
+        ]
+        if q.status is not None:
+            infos = [i for i in infos if i.status == q.status]
+        return sorted(infos, key=lambda i: i.name)
