@@ -1,13 +1,13 @@
 """`fleetbus demo`: the bus at work on an embedded hub, with a small inline plugin.
 
-It shows plugins loading, actions with validated input, a database write whose message is
-published after the commit, a background job reporting progress, a fake coding agent run
-as a real process, and the clear errors a caller gets for bad input.
+It dispatches the bundled fake coding agent to four workspaces (real processes, each in
+its own process group), prints the channel events as runs start and finish, shows
+`runner.status`, freezes and unfreezes dispatch, runs a plugin action that writes to
+SQLite, and shows the one-line errors a caller gets for bad input.
 """
 
 from __future__ import annotations
 
-import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -16,9 +16,10 @@ from typing import Any, ClassVar
 import anyio
 from pydantic import BaseModel, Field
 from rich.console import Console
+from rich.markup import escape
 from sqlite_utils import Migrations
 
-from fleetbus.bus import BusError, Context, Message, hookimpl
+from fleetbus.bus import BusError, ChannelPush, Context, Message, hookimpl
 from fleetbus.bus.actions import ActionRegistrar
 from fleetbus.bus.client import LocalClient
 from fleetbus.bus.errors import unwrap_group
@@ -48,23 +49,6 @@ class Visited(Message):
     total: int
 
 
-class Work(BaseModel):
-    steps: int = Field(ge=1, le=50, description="How many steps to work through.")
-
-
-class Worked(BaseModel):
-    steps: int
-
-
-class AgentRun(BaseModel):
-    prompt: str
-
-
-class AgentResult(BaseModel):
-    exit_code: int
-    output: str
-
-
 class DemoPlugin:
     """The inline plugin the demo registers next to the built-ins."""
 
@@ -88,21 +72,6 @@ class DemoPlugin:
 
             return Visits(who=req.who, total=await hub.store.write(write))
 
-        @register("demo.work", exposed=True, mutating=False)
-        async def work(req: Work, ctx: Context) -> Worked:
-            """Work through some steps, reporting progress."""
-            for step in range(1, req.steps + 1):
-                await anyio.sleep(0.05)
-                ctx.report_progress(step / req.steps, f"step {step} of {req.steps}")
-            return Worked(steps=req.steps)
-
-        @register("demo.agent", exposed=True)
-        async def agent(req: AgentRun) -> AgentResult:
-            """Run the bundled fake coding agent as a real process."""
-            cmd = [sys.executable, "-m", "fleetbus.testing.fake_agent", req.prompt]
-            result = await anyio.run_process(cmd, check=False)
-            return AgentResult(exit_code=result.returncode, output=result.stdout.decode().strip())
-
 
 async def run_demo(home: Path, env: Mapping[str, str]) -> None:
     console = Console(highlight=False)
@@ -116,6 +85,26 @@ async def run_demo(home: Path, env: Mapping[str, str]) -> None:
                 hub.request_stop()
 
 
+AGENT_PROMPTS = [
+    (
+        "core/app/fix-login",
+        "high",
+        "echo reading the code; sleep 0.4; write NOTES.md the bug is in the session check; usage 1200 300 0.02",
+    ),
+    (
+        "core/app/flaky-test",
+        "medium",
+        "echo running the tests; sleep 0.7; stderr 3 tests failed; exit 1",
+    ),
+    (
+        "core/api/migrate",
+        "medium",
+        "sleep 0.3; question Which database should the migration target?",
+    ),
+    ("core/web/refactor", "low", "echo refactoring; sleep 0.5; usage 5000 1200 0.11"),
+]
+
+
 async def _tour(console: Console, hub: Hub, client: LocalClient) -> None:
     console.print(f"[bold]fleetbus demo[/] - an embedded hub in {hub.home.root}")
     console.print(f"  database: {hub.home.db}")
@@ -123,48 +112,77 @@ async def _tour(console: Console, hub: Hub, client: LocalClient) -> None:
     actions = await client.actions()
     console.print(f"  actions:  {', '.join(a['name'] for a in actions)}")
 
-    seen: list[str] = []
-    job_seen = anyio.Event()
+    finished = anyio.Event()
+    ended: list[str] = []
 
     def show(message: Message) -> None:
-        line = f"  [dim]message[/] {message.topic}: {message.model_dump(mode='json')}"
-        seen.append(line)
-        console.print(line)
-        if message.topic == "bus.job_completed":
-            job_seen.set()
+        if isinstance(message, ChannelPush):
+            console.print(
+                f"  [cyan]channel[/] {escape(f'[{message.channel}]')} {escape(message.content)}"
+            )
+            if message.meta.get("status") not in (None, "running"):
+                ended.append(message.meta.get("run_id", ""))
+                if len(ended) == len(AGENT_PROMPTS):
+                    finished.set()
 
-    unsubscribe = hub.bus.subscribe(show, ["demo.*", "bus.job_*"], name="demo-printer")
+    unsubscribe = hub.bus.subscribe(show, ["channel"], name="demo-printer")
+
+    console.print("\n[bold]1. four fake coding agents, each in its own workspace[/]")
+    for workspace, priority, prompt in AGENT_PROMPTS:
+        result = await client.perform(
+            "runner.dispatch",
+            {"agent": "fake", "prompt": prompt, "workspace": workspace, "priority": priority},
+        )
+        console.print(f"  runner.dispatch {workspace} -> {result['status']} {result['run_id']}")
+    with anyio.move_on_after(30):
+        await finished.wait()
+
+    console.print("\n[bold]2. runner.status[/]")
+    status = await client.perform("runner.status", {"limit": len(AGENT_PROMPTS)})
+    counts = ", ".join(
+        f"{k} {status[k]}" for k in ("running", "queued", "completed", "failed", "blocked")
+    )
+    console.print(f"  {counts}; total runs in this home: {status['total']}")
+    for run in status["runs"]:
+        usage = (
+            f"  tokens {run['usage'].get('input_tokens')}/{run['usage'].get('output_tokens')}"
+            if run["usage"]
+            else ""
+        )
+        console.print(
+            f"  {run['run_id']}  {run['workspace']:<20} {run['status']:<10} {run['reason']}{usage}"
+        )
+
+    console.print("\n[bold]3. freeze, dispatch, unfreeze[/]")
+    await client.perform("runner.stop", {})
+    queued = await client.perform(
+        "runner.dispatch",
+        {"agent": "fake", "prompt": "echo after the freeze", "workspace": "core/app/later"},
+    )
+    console.print(f"  while frozen: {queued['status']} ({queued['reason']})")
+    ended.clear()
+    finished = anyio.Event()
+    AGENT_PROMPTS[:] = AGENT_PROMPTS[:1]
+    await client.perform("runner.start", {})
+    with anyio.move_on_after(30):
+        await finished.wait()
 
     console.print(
-        "\n[bold]1. an action that writes to SQLite[/] (its message is published after the commit)"
+        "\n[bold]4. a plugin action writing to SQLite[/] (its message is published after the commit)"
     )
     result = await client.perform("demo.visit", {"who": "ada"})
     console.print(f"  demo.visit -> {result}   (the total survives restarts: run the demo again)")
 
-    console.print("\n[bold]2. a background job with progress[/]")
-    job_id = await client.perform_async("demo.work", {"steps": 3})
-    info = await client.job(job_id, wait=10)
-    console.print(f"  job {job_id}: {info['status']}, result {info['result']}")
-
-    console.print("\n[bold]3. a fake coding agent run as a real process[/]")
-    run = await client.perform(
-        "demo.agent", {"prompt": "echo hello from the fake agent; usage 1200 300 0.02"}
-    )
-    for line in run["output"].splitlines():
-        console.print(f"  agent> {line}")
-    console.print(f"  exit code {run['exit_code']}")
-
-    console.print("\n[bold]4. bad input gets one clear line[/]")
-    for name, payload in (("demo.visit", {}), ("demo.work", {"steps": 0}), ("demo.nothing", {})):
+    console.print("\n[bold]5. bad input gets one clear line[/]")
+    for name, payload in (
+        ("runner.dispatch", {"agent": "nobody", "prompt": "x", "workspace": "a/b"}),
+        ("runner.dispatch", {"agent": "fake", "prompt": "x", "workspace": "../etc"}),
+        ("demo.visit", {}),
+        ("demo.nothing", {}),
+    ):
         try:
             await client.perform(name, payload)
         except BusError as e:
             console.print(f"  {type(e).__name__}: {e}")
-
-    # the printer runs in its own task: let it show the job's last message
-    with anyio.move_on_after(2):
-        await job_seen.wait()
     unsubscribe()
-    console.print(
-        f"\n[green]demo finished[/]: {len(seen)} messages seen, state kept in {hub.home.db}"
-    )
+    console.print(f"\n[green]demo finished[/]: runs, logs and state are kept in {hub.home.root}")

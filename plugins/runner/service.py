@@ -158,6 +158,7 @@ class Runner:
         self.lock = anyio.Lock()
         self.poked = anyio.Event()
         self.wake_at: float | None = None
+        self._loop_deadline = 0.0
         self._had_queue = False
         self._reasons: dict[str, str] = {}  # why queued runs wait, from the last drain
         self._agent_reasons: dict[str, str] = {}  # why a whole agent's queue waits
@@ -428,7 +429,6 @@ class Runner:
                 previous=previous,
             )
             self.queued_by_agent[req.agent] += 1
-            self._had_queue = True
             await self._drain()
             row = await self.store.read(
                 lambda db: db.execute(
@@ -437,6 +437,7 @@ class Runner:
             )
             result = await self._result(row["id"], row["status"], row["reason"])
             if result.status == "queued":
+                self._had_queue = True  # "queue drained" is news once this one starts
                 self.hub.bus.publish(
                     RunQueued(
                         run_id=run_id,
@@ -574,11 +575,14 @@ class Runner:
 
     # -- the drain ---------------------------------------------------------------------------
     async def _loop(self) -> None:
+        """Drain on poke, on the timer, and when a delay or debounce the drain saw runs out."""
         while True:
-            timeout = self.dispatch_spec.drain_interval
+            now = self.now()
+            deadline = now + self.dispatch_spec.drain_interval
             if self.wake_at is not None:
-                timeout = max(0.0, min(timeout, self.wake_at - self.now()))
-            with anyio.move_on_after(timeout):
+                deadline = min(deadline, self.wake_at)
+            self._loop_deadline = deadline
+            with anyio.move_on_after(max(0.0, deadline - now)):
                 await self.poked.wait()
             self.poked = anyio.Event()
             async with self.lock:
@@ -633,8 +637,11 @@ class Runner:
             )
 
     def _wake(self, at: float) -> None:
+        """Have the loop drain again at `at` (sooner than it planned, if need be)."""
         if self.wake_at is None or at < self.wake_at:
             self.wake_at = at
+        if at < self._loop_deadline - 0.001:
+            self.poked.set()
 
     async def _head(self, agent: str, now: float) -> Head | None:
         """The first queued run of `agent` that may start now (indexed, paged)."""
@@ -936,7 +943,7 @@ class Runner:
         )
         took = f" in {duration_text(duration)}" if duration is not None else ""
         exit_text = f", exit {code}" if code is not None else ""
-        why = f" ({reason})" if reason and status != "completed" else ""
+        why = f" ({reason})" if reason and reason != f"exit {code}" else ""
         extra = {"exit_code": str(code)} if code is not None else {}
         if duration is not None:
             extra["duration_s"] = f"{duration:.1f}"
