@@ -21,9 +21,9 @@ SHELL = "/bin/sh"
 # $1 run dir, $2 working directory, then the agent's argv. A TERM/INT trap (not an
 # ignore, which the agent would inherit) lets the wrapper outlive the signal that ends
 # the agent, so it can still write the exit code.
-WRAPPER = r"""d=$1; cd -- "$2" || { echo "fleetbus: cannot enter workspace $2" >&2; echo 126 > "$d/exit"; exit 126; }
+WRAPPER = r"""d=$1; echo $$ > "$d/pid"
+cd -- "$2" || { echo "fleetbus: cannot enter workspace $2" >&2; echo 126 > "$d/exit"; exit 126; }
 shift 2
-echo $$ > "$d/pid"
 trap ': ' TERM INT HUP
 "$@"
 c=$?
@@ -86,7 +86,27 @@ async def wait_gone(pid: int, start: float | None) -> None:
         os.close(fd)
 
 
+def _stat(pid: int) -> list[str] | None:
+    """The fields of /proc/<pid>/stat after the command name (field 3, the state, first)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].decode().split()
+    except (OSError, IndexError):
+        return None
+
+
 def start_time(pid: int) -> float | None:
+    """The process's start time in clock ticks since boot (/proc/<pid>/stat field 22).
+
+    Unlike a wall-clock start time it does not shift when the clock is stepped, so it
+    tells a live process from a later one that reused its pid.
+    """
+    fields = _stat(pid)
+    return float(fields[19]) if fields and len(fields) > 19 else None
+
+
+def created_at(pid: int) -> float | None:
+    """The process's start as epoch seconds (for comparing with file times)."""
     try:
         return float(psutil.Process(pid).create_time())
     except (psutil.NoSuchProcess, psutil.AccessDenied):
@@ -94,14 +114,11 @@ def start_time(pid: int) -> float | None:
 
 
 def same_process(pid: int, start: float) -> bool:
-    """True when `pid` is alive (not a zombie) and started at `start` (pid reuse guard)."""
-    try:
-        proc = psutil.Process(pid)
-        if proc.status() == psutil.STATUS_ZOMBIE:
-            return False
-        return abs(proc.create_time() - start) < 0.05
-    except (psutil.NoSuchProcess, psutil.AccessDenied):
+    """True when `pid` is alive (not a zombie) and is the process that started at `start`."""
+    fields = _stat(pid)
+    if not fields or len(fields) <= 19 or fields[0] == "Z":
         return False
+    return float(fields[19]) == start
 
 
 def signal_group(pgid: int, sig: signal.Signals) -> bool:

@@ -193,12 +193,19 @@ class Runner:
             list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]
         ]:
             running = [dict(r) for r in db.execute("SELECT * FROM runs WHERE status = 'running'")]
-            queued_spawned = [
-                dict(r)
-                for r in db.execute(
-                    "SELECT * FROM runs WHERE status = 'queued' AND run_dir IS NOT NULL"
-                )
-            ]
+            # a run spawned just before the previous hub died may still say queued: its
+            # wrapper wrote runs/<id>/pid before the agent started
+            spawned = [p.parent.name for p in self.runs_dir.glob("*/pid")]
+            queued_spawned: list[dict[str, Any]] = []
+            for i in range(0, len(spawned), 500):
+                chunk = spawned[i : i + 500]
+                marks = ",".join("?" * len(chunk))
+                queued_spawned += [
+                    dict(r)
+                    for r in db.execute(
+                        f"SELECT * FROM runs WHERE status = 'queued' AND id IN ({marks})", chunk
+                    )
+                ]
             counts = [
                 dict(r)
                 for r in db.execute(
@@ -241,15 +248,15 @@ class Runner:
             return  # spawned-but-unrecorded is impossible without a pid file: it never ran
         proc_start = row["proc_start"]
         if pid is not None and proc_start is None:
-            proc_start = processes.start_time(pid)
+            # without a recorded start, the pid file's age guards against pid reuse
             pid_file = run_dir / "pid"
-            # without a recorded start time, the pid file's age guards against pid reuse
+            created = processes.created_at(pid)
             if (
-                proc_start is not None
+                created is not None
                 and pid_file.exists()
-                and abs(proc_start - pid_file.stat().st_mtime) > 5
+                and abs(created - pid_file.stat().st_mtime) <= 5
             ):
-                proc_start = None
+                proc_start = processes.start_time(pid)
         if row["status"] == "queued":
             self.queued_by_agent[row["agent"]] -= 1
         if pid is not None and proc_start is not None and processes.same_process(pid, proc_start):
