@@ -145,7 +145,7 @@ class AgentRates(BaseModel):
     @field_validator("reset_utc")
     @classmethod
     def _reset_is_hh_mm(cls, value: str) -> str:
-        if not re.match(RESET_PATTERN, value):
+        if not re.fullmatch(RESET_PATTERN, value):
             raise ValueError(f"must be HH:MM in 24-hour UTC, e.g. '06:00' (got {value!r})")
         return value
 
@@ -302,7 +302,7 @@ class AgentSpec(BaseModel):
     @classmethod
     def _env_names(cls, value: list[str]) -> list[str]:
         for name in value:
-            if not re.match(ENV_NAME_PATTERN, name):
+            if not re.fullmatch(ENV_NAME_PATTERN, name):
                 raise ValueError(f"{name!r} is not an environment variable name")
         return value
 

@@ -91,18 +91,35 @@ def duration_text(seconds: float) -> str:
 
 
 @dataclass
-class Active:
-    """A run whose process is alive (or was, until the settle that removes it)."""
+class RunRef:
+    """What messages about a run carry: its identity and who asked for it."""
 
     run_id: str
     workspace: str
     agent: str
     model: str | None
+    origin: dict[str, str]
+
+    @classmethod
+    def of(cls, row: dict[str, Any]) -> RunRef:
+        origin = row.get("origin")
+        return cls(
+            row["id"],
+            row["workspace"],
+            row["agent"],
+            row.get("model"),
+            json.loads(origin) if isinstance(origin, str) else dict(origin or {}),
+        )
+
+
+@dataclass
+class Active(RunRef):
+    """A run whose process is alive (or was, until the settle that removes it)."""
+
     pid: int
     started_at: float
     timeout_s: float
     run_dir: Path
-    origin: dict[str, str]
     child: bool  # ours to reap (False when adopted after a restart)
     proc_start: float | None = None
     stop_status: str | None = None  # cancelled | timeout, when we ended it
@@ -116,10 +133,6 @@ class Active:
             self.stop_status, self.stop_reason = status, reason
             return True
         return False
-
-    @property
-    def counts_for_session(self) -> bool:
-        return self.stop_status is None
 
 
 @dataclass
@@ -162,6 +175,8 @@ class Runner:
         self._had_queue = False
         self._reasons: dict[str, str] = {}  # why queued runs wait, from the last drain
         self._agent_reasons: dict[str, str] = {}  # why a whole agent's queue waits
+        self._new_reasons: dict[str, str] = {}
+        self._new_agent_reasons: dict[str, str] = {}
 
     # -- helpers -----------------------------------------------------------------------------
     def now(self) -> float:
@@ -389,13 +404,20 @@ class Runner:
             elif (busy or queued_here) and queued_here and self.session.debounce_ms > 0:
                 last = queued_here[-1]
                 window = self.session.debounce_ms / 1000
+                merged = len(last["prompt"].encode()) + 2 + len(req.prompt.encode())
+                fits = merged <= self.dispatch_spec.max_prompt_bytes and (
+                    spec.prompt != "arg" or merged <= MAX_ARG_PROMPT
+                )
                 if (
                     now - last["merged_at"] <= window
                     and last["agent"] == req.agent
                     and last["model"] == model
                     and req.idempotency_key is None
+                    and fits
                 ):
-                    return await self._merge(last, req.prompt, now + window)
+                    return await self._merge(
+                        last, req.prompt, PRIORITIES[req.priority], now + window
+                    )
             if queued_here and len(queued_here) >= self.session.cap and mode != "interrupt":
                 if self.session.drop == "new":
                     run_id = await self._insert(
@@ -505,11 +527,16 @@ class Runner:
 
         return await self.store.read(q)
 
-    async def _merge(self, last: dict[str, Any], prompt: str, not_before: float) -> DispatchResult:
+    async def _merge(
+        self, last: dict[str, Any], prompt: str, priority: int, not_before: float
+    ) -> DispatchResult:
+        """Append a prompt to the workspace's waiting run; the more urgent priority wins."""
+
         def merge(tx: Tx) -> None:
             tx.execute(
-                "UPDATE runs SET prompt = prompt || ? || ?, not_before = ? WHERE id = ?",
-                ["\n\n", prompt, not_before, last["id"]],
+                "UPDATE runs SET prompt = prompt || ? || ?, not_before = ?, priority = min(priority, ?) "
+                "WHERE id = ?",
+                ["\n\n", prompt, not_before, priority, last["id"]],
             )
 
         await self.store.write(merge)
@@ -596,16 +623,25 @@ class Runner:
                 await self._drain()
 
     async def _drain(self) -> None:
-        """Start queued runs while lanes allow: highest priority first, then oldest."""
-        self._reasons = {}
-        self._agent_reasons = {}
+        """Start queued runs while lanes allow: highest priority first, then oldest.
+
+        Why each examined run waits is collected aside and published when the drain ends,
+        so `runner.status` never reads a half-built picture.
+        """
+        self._new_reasons, self._new_agent_reasons = {}, {}
+        try:
+            await self._drain_now()
+        finally:
+            self._reasons, self._agent_reasons = self._new_reasons, self._new_agent_reasons
+
+    async def _drain_now(self) -> None:
         self.wake_at = None
         if self.frozen:
             return
         started = 0
         while True:
             if self.lanes.running_total >= self.lanes.total:
-                self._agent_reasons.setdefault(
+                self._new_agent_reasons.setdefault(
                     "*", f"lane full: total {self.lanes.running_total}/{self.lanes.total}"
                 )
                 break
@@ -616,11 +652,11 @@ class Runner:
                     continue
                 lane = self.lanes.blocker(agent, None)
                 if lane is not None:
-                    self._agent_reasons[agent] = lane
+                    self._new_agent_reasons[agent] = lane
                     continue
                 blocked = self.pools[agent].blocker(now)
                 if blocked is not None:
-                    self._agent_reasons[agent] = blocked[0]
+                    self._new_agent_reasons[agent] = blocked[0]
                     self._wake(blocked[1])
                     continue
                 head = await self._head(agent, now)
@@ -667,15 +703,15 @@ class Runner:
             rows = await self.store.read(page)
             for r in rows:
                 if self.session_active[r["workspace"]] >= self.session.max_concurrent:
-                    self._reasons.setdefault(r["id"], "session busy")
+                    self._new_reasons.setdefault(r["id"], "session busy")
                     continue
                 if r["not_before"] > now:
-                    self._reasons.setdefault(r["id"], "debounce: waiting for more prompts")
+                    self._new_reasons.setdefault(r["id"], "debounce: waiting for more prompts")
                     self._wake(r["not_before"])
                     continue
                 lane = self.lanes.blocker(agent, r["model"])
                 if lane is not None:
-                    self._reasons.setdefault(r["id"], lane)
+                    self._new_reasons.setdefault(r["id"], lane)
                     continue
                 return Head(r["id"], r["seq"], r["priority"], agent, r["model"], r["workspace"])
             if len(rows) < HEAD_PAGE:
@@ -723,10 +759,15 @@ class Runner:
                 log=log_path,
                 stdin=prompt_file if spec.prompt == "stdin" else None,
             )
-        except OSError as e:
+        except (OSError, ValueError) as e:
             self.queued_by_agent[head.agent] -= 1
             await self._write_end(
-                row, "failed", f"could not start: {e.strerror or e}", None, now, None
+                row,
+                "failed",
+                f"could not start: {getattr(e, 'strerror', None) or e}",
+                None,
+                now,
+                None,
             )
             return
         proc_start = processes.start_time(pid)
@@ -778,6 +819,7 @@ class Runner:
         if row is None:
             return prompt
         output = processes.tail(Path(row["run_dir"]) / "output.log", 4000) if row["run_dir"] else ""
+        output = output.replace("\x00", "")  # a NUL cannot travel in an argument
         return (
             f"This continues run {previous} in this workspace (it ended {row['status']}, "
             f"exit {row['exit_code']}). The end of its output:\n{output.strip()}\n\n"
@@ -789,10 +831,10 @@ class Runner:
         self.lanes.add(active.agent, active.model)
         self.session_active[active.workspace] += 1
 
-    def _context(self, active: Active) -> Context:
-        return Context(caller=f"run:{active.run_id}", origin=active.origin)
+    def _context(self, ref: RunRef) -> Context:
+        return Context(caller=f"run:{ref.run_id}", origin=ref.origin)
 
-    def _channel(self, active: Active, status: str, content: str, **extra: str) -> ChannelPush:
+    def _channel(self, active: RunRef, status: str, content: str, **extra: str) -> ChannelPush:
         meta = {
             "channel": STATUS_CHANNEL,
             "run_id": active.run_id,
@@ -837,7 +879,6 @@ class Runner:
         """Ask a run to end: SIGTERM to its group now, SIGKILL after the grace period."""
         if not active.request_stop(status, reason):
             return False
-        self.session_active[active.workspace] -= 1
         self.hub.task_group.start_soon(self._terminate, active, name=f"terminate {active.run_id}")
         return True
 
@@ -898,8 +939,7 @@ class Runner:
                 pool.record_success()
         self.active.pop(active.run_id, None)
         self.lanes.remove(active.agent, active.model)
-        if active.counts_for_session:
-            self.session_active[active.workspace] -= 1
+        self.session_active[active.workspace] -= 1  # held until the process is gone
         row = {
             "id": active.run_id,
             "workspace": active.workspace,
@@ -910,6 +950,40 @@ class Runner:
         }
         await self._write_end(row, status, reason, code, now, usage, pool=pool if tripped else None)
         active.done.set()
+
+    def _end_messages(
+        self,
+        ref: RunRef,
+        status: str,
+        reason: str,
+        code: int | None,
+        started_at: float | None,
+        ended: float,
+        usage: dict[str, Any] | None = None,
+    ) -> tuple[RunCompleted, ChannelPush]:
+        """The run_completed message and the channel event announcing how a run ended."""
+        duration = ended - started_at if started_at else None
+        completed = RunCompleted(
+            run_id=ref.run_id,
+            workspace=ref.workspace,
+            agent=ref.agent,
+            model=ref.model,
+            status=status,
+            exit_code=code,
+            duration_s=round(duration, 3) if duration is not None else None,
+            reason=reason,
+            usage=usage,
+        )
+        extra = {"exit_code": str(code)} if code is not None else {}
+        if duration is None:
+            content = f"{ref.agent} dropped {ref.workspace}: {status} ({reason})"
+        else:
+            extra["duration_s"] = f"{duration:.1f}"
+            exit_text = f", exit {code}" if code is not None else ""
+            why = f" ({reason})" if reason and reason != f"exit {code}" else ""
+            took = duration_text(duration)
+            content = f"{ref.agent} finished {ref.workspace}: {status} in {took}{exit_text}{why}"
+        return completed, self._channel(ref, status, content, **extra)
 
     async def _write_end(
         self,
@@ -922,43 +996,10 @@ class Runner:
         *,
         pool: Pool | None = None,
     ) -> None:
-        origin = row["origin"] if isinstance(row.get("origin"), str) else None
-        active = Active(
-            run_id=row["id"],
-            workspace=row["workspace"],
-            agent=row["agent"],
-            model=row["model"],
-            pid=0,
-            started_at=row.get("started_at") or ended,
-            timeout_s=0,
-            run_dir=Path("."),
-            origin=json.loads(origin or "{}"),
-            child=False,
-        )
+        active = RunRef.of(row)
         ctx = self._context(active)
-        duration = ended - row["started_at"] if row.get("started_at") else None
-        completed = RunCompleted(
-            run_id=active.run_id,
-            workspace=active.workspace,
-            agent=active.agent,
-            model=active.model,
-            status=status,
-            exit_code=code,
-            duration_s=round(duration, 3) if duration is not None else None,
-            reason=reason,
-            usage=usage,
-        )
-        took = f" in {duration_text(duration)}" if duration is not None else ""
-        exit_text = f", exit {code}" if code is not None else ""
-        why = f" ({reason})" if reason and reason != f"exit {code}" else ""
-        extra = {"exit_code": str(code)} if code is not None else {}
-        if duration is not None:
-            extra["duration_s"] = f"{duration:.1f}"
-        channel = self._channel(
-            active,
-            status,
-            f"{active.agent} finished {active.workspace}: {status}{took}{exit_text}{why}",
-            **extra,
+        completed, channel = self._end_messages(
+            active, status, reason, code, row.get("started_at"), ended, usage
         )
 
         def end(tx: Tx) -> None:
@@ -1009,31 +1050,9 @@ class Runner:
         rows = await self.store.write(cancel)
         for r in rows:
             self.queued_by_agent[r["agent"]] -= 1
-            active = Active(
-                run_id=r["id"],
-                workspace=r["workspace"],
-                agent=r["agent"],
-                model=r["model"],
-                pid=0,
-                started_at=now,
-                timeout_s=0,
-                run_dir=Path("."),
-                origin=json.loads(r["origin"] or "{}"),
-                child=False,
-            )
-            self.hub.bus.publish(
-                RunCompleted(
-                    run_id=r["id"],
-                    workspace=r["workspace"],
-                    agent=r["agent"],
-                    model=r["model"],
-                    status="cancelled",
-                    exit_code=None,
-                    duration_s=None,
-                    reason=reason,
-                ),
-                self._context(active),
-            )
+            ref = RunRef.of(r)
+            for message in self._end_messages(ref, "cancelled", reason, None, None, now):
+                self.hub.bus.publish(message, self._context(ref))
         return len(rows)
 
     async def start(self) -> StateResult:

@@ -41,7 +41,7 @@ def normalize(name: str, root: Path) -> str:
             raise BadWorkspace(
                 f"segment {part!r} starts with '-', which a command could read as an option"
             )
-        if not SEGMENT.match(part):
+        if not SEGMENT.fullmatch(part):
             raise BadWorkspace(
                 f"segment {part!r} may hold only letters, digits, '.', '_' and '-' (at most 100)"
             )

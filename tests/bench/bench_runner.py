@@ -49,13 +49,14 @@ import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import anyio
 import anyio.abc
+import psutil
 
 from fleetbus.bus.hub import Hub
 from fleetbus.bus.messages import Envelope
@@ -200,30 +201,30 @@ async def end_every_run(hub: Hub) -> None:
         while runner.active:
             await anyio.sleep(0.01)
     for active in list(runner.active.values()):
-        try:
+        with suppress(ProcessLookupError, PermissionError):
             os.killpg(active.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
     raise BenchError(f"runs still active {SETTLE_TIMEOUT:g}s after the bench: {left}")
 
 
-def check_gone(pids: set[int]) -> None:
-    """Every agent process group the bench started must be gone."""
-    alive = []
-    for pid in pids:
-        try:
-            os.killpg(pid, 0)
-        except ProcessLookupError:
+def leftovers(root: Path) -> None:
+    """No process may still run inside the bench's directory (agents, wrappers, baselines).
+
+    Every agent and wrapper runs with its working directory under `root`, a fresh temporary
+    directory, so a process found there is certainly the bench's: it is killed, and the
+    bench is invalid.
+    """
+    root = root.resolve()
+    found = []
+    for proc in psutil.process_iter(["pid", "cwd", "cmdline"]):
+        cwd = proc.info.get("cwd")
+        if proc.pid == os.getpid() or not cwd:
             continue
-        except PermissionError:
-            pass
-        alive.append(pid)
-        try:
-            os.killpg(pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-    if alive:
-        raise BenchError(f"agent process groups still alive after the bench: {sorted(alive)}")
+        if cwd == str(root) or cwd.startswith(f"{root}/"):
+            found.append((proc.pid, " ".join(proc.info.get("cmdline") or [])[:80]))
+            with suppress(psutil.Error):
+                proc.kill()
+    if found:
+        raise BenchError(f"processes still running after the bench (killed): {found[:5]}")
 
 
 class Recorder:
@@ -234,7 +235,6 @@ class Recorder:
         self.hub = hub
         self.arrived: dict[tuple[str, str], tuple[float, Envelope]] = {}
         self.counts: dict[str, int] = {}
-        self.pids: set[int] = set()
         self._waiters: dict[tuple[str, str], anyio.Event] = {}
         self._count_waiter: tuple[str, int, anyio.Event] | None = None
 
@@ -246,9 +246,6 @@ class Recorder:
             key = (envelope.topic, run_id)
             self.arrived[key] = (t, envelope)
             self.counts[envelope.topic] = self.counts.get(envelope.topic, 0) + 1
-            pid = getattr(msg, "pid", None)
-            if isinstance(pid, int):
-                self.pids.add(pid)
             waiter = self._waiters.pop(key, None)
             if waiter is not None:
                 waiter.set()
@@ -342,7 +339,6 @@ async def bench_throughput(profile: Profile, tmp: Path) -> Result:
     cpu: dict[str, list[float]] = {"baseline": [], "fleetbus": []}
     dispatch_s: list[float] = []
     queued_at_dispatch: list[int] = []
-    pids: set[int] = set()
     async with bench_hub(tmp, "throughput") as hub:
         runner = runner_of(hub)
         for ws in workspaces:  # made once, outside the timing: every round finds them
@@ -370,18 +366,18 @@ async def bench_throughput(profile: Profile, tmp: Path) -> Result:
                     got = rec.arrived.get(("runner.run_completed", run_id))
                     msg = got[1].message if got else None
                     if msg is None or getattr(msg, "status", None) != "completed":
-                        bad.append((run_id, getattr(msg, "status", None), getattr(msg, "reason", "")))
+                        bad.append(
+                            (run_id, getattr(msg, "status", None), getattr(msg, "reason", ""))
+                        )
                 if bad:
-                    raise BenchError(f"{len(bad)} of {count} no-op runs did not complete: {bad[:3]}")
+                    raise BenchError(
+                        f"{len(bad)} of {count} no-op runs did not complete: {bad[:3]}"
+                    )
                 if runner.active or runner.queued_total:
                     raise BenchError(
                         f"after the last completion {len(runner.active)} runs are active and "
                         f"{runner.queued_total} queued"
                     )
-                rows = await hub.store.read(
-                    lambda db: [r[0] for r in db.execute("SELECT pid FROM runs WHERE pid IS NOT NULL")]
-                )
-                pids.update(rows)
                 return count / (t2 - t0), t1 - t0, (c1 - c0) / count * 1000, queued
 
             async def baseline(_r: int) -> float:
@@ -402,7 +398,7 @@ async def bench_throughput(profile: Profile, tmp: Path) -> Result:
             await raw_true_loop(min(n, 100))  # warm up
             await fleet_round(min(n, 100))
             base, subj = await interleave(profile.rounds, baseline, subject)
-    check_gone(pids)
+    leftovers(tmp)
     ratio = ratio_of(base, subj)
     return Result(
         name=name,
@@ -457,7 +453,6 @@ async def bench_latency(profile: Profile, tmp: Path) -> list[Result]:
     f_first: list[float] = []
     f_exit: list[float] = []  # exit stamp -> run_completed received
     f_exit_published: list[float] = []  # exit stamp -> run_completed published
-    pids: set[int] = set()
 
     async with bench_hub(tmp, "latency") as hub:
         runner = runner_of(hub)
@@ -496,8 +491,10 @@ async def bench_latency(profile: Profile, tmp: Path) -> list[Result]:
                 res = await dispatch(hub, "probe", workspace)
                 t1 = time.time()
                 if res.status != "running":
-                    raise BenchError(f"dispatch with a free lane answered {res.status}: {res.reason}")
-                t_started, env_started = await rec.wait("runner.run_started", res.run_id, 10)
+                    raise BenchError(
+                        f"dispatch with a free lane answered {res.status}: {res.reason}"
+                    )
+                t_started, _ = await rec.wait("runner.run_started", res.run_id, 10)
                 pid_file = runner.runs_dir / res.run_id / "pid"
                 t_running = t_started  # when the pid file is there by then
                 deadline = time.monotonic() + 10
@@ -506,7 +503,6 @@ async def bench_latency(profile: Profile, tmp: Path) -> list[Result]:
                         raise BenchError(f"no pid file {pid_file} 10s after run_started")
                     await anyio.sleep(0.0002)
                     t_running = time.time()
-                pids.add(env_started.message.pid)  # type: ignore[attr-defined]
                 t_done, env_done = await rec.wait("runner.run_completed", res.run_id, 10)
                 done = env_done.message
                 if getattr(done, "status", None) != "completed":
@@ -549,7 +545,7 @@ async def bench_latency(profile: Profile, tmp: Path) -> list[Result]:
                 statistics.median(f_exit[r * per_round : (r + 1) * per_round])
                 for r in range(profile.rounds)
             ]
-    check_gone(pids)
+    leftovers(tmp)
 
     def stats(samples: list[float]) -> dict[str, float]:
         return {"p50_ms": percentile(samples, 50), "p99_ms": percentile(samples, 99)}
@@ -667,9 +663,7 @@ async def time_head(runner: Runner, agent: str, calls: int, expected: str | None
         head = await runner._head(agent, now)
         samples.append((time.perf_counter_ns() - t0) / 1000)
         if (head.run_id if head else None) != expected:
-            raise BenchError(
-                f"_head picked {head.run_id if head else None}, expected {expected}"
-            )
+            raise BenchError(f"_head picked {head.run_id if head else None}, expected {expected}")
         runner._reasons.clear()
     return statistics.median(samples)
 
@@ -690,67 +684,72 @@ async def bench_head(profile: Profile, tmp: Path) -> list[Result]:
         order_b = await fill_queue(big, "noop", big_n)
         fill_s = time.perf_counter() - t0
 
-        async def pair(blocked: int, b_runner: Runner, b_order: list[tuple[str, str]]) -> tuple[list[float], list[float]]:
-            async def baseline(_r: int) -> float:
-                with Blocked(b_runner, b_order, blocked) as b:
-                    return await time_head(b_runner, "noop", calls, b.expected)
-
-            async def subject(_r: int) -> float:
-                with Blocked(rb, order_b, blocked) as b:
-                    return await time_head(rb, "noop", calls, b.expected)
-
-            await baseline(0)  # warm up
-            await subject(0)
-            return await interleave(profile.rounds, baseline, subject)
-
-        cases = [
-            (f"next-run pick, {small_n:,} vs {big_n:,} queued", 0, rs, order_s, "<= 2x"),
-            (
-                f"  same, first {HEAD_BLOCKED_PAGE} heads session-busy",
-                HEAD_BLOCKED_PAGE,
-                rs,
-                order_s,
-                "info",
-            ),
-            (
-                f"  {big_n:,} queued: {HEAD_BLOCKED_MANY:,} vs 0 heads busy",
-                HEAD_BLOCKED_MANY,
-                rb,
-                order_b,
-                "info",
-            ),
-        ]
-        for name, blocked, b_runner, b_order, goal in cases:
-            if blocked == HEAD_BLOCKED_MANY:
-                # reference: the long queue with nothing blocked; subject: 1,024 blocked
-                async def ref(_r: int) -> float:
-                    return await time_head(rb, "noop", calls, order_b[0][0])
-
-                async def many(_r: int) -> float:
-                    with Blocked(rb, order_b, blocked) as b:
-                        return await time_head(rb, "noop", max(10, calls // 10), b.expected)
-
-                await ref(0)
-                await many(0)
-                base, subj = await interleave(profile.rounds, ref, many)
-            else:
-                if blocked >= small_n:
-                    continue
-                base, subj = await pair(blocked, b_runner, b_order)
+        def row(name: str, goal: str, blocked: int, base: list[float], subj: list[float]) -> Result:
             ratio = ratio_of(base, subj)
+            return Result(
+                name=name,
+                unit="us",
+                goal=goal,
+                baseline=statistics.median(base),
+                fleetbus=statistics.median(subj),
+                ratio=ratio,
+                met=ratio <= 2 if goal == "<= 2x" else None,
+                rounds={"baseline": base, "fleetbus": subj},
+                extra={"calls_per_round": calls, "blocked_heads": blocked, "fill_s": fill_s},
+            )
+
+        def head_timer(
+            runner: Runner, order: list[tuple[str, str]], blocked: int, n_calls: int
+        ) -> Callable[[int], Awaitable[float]]:
+            async def timed(_r: int) -> float:
+                with Blocked(runner, order, blocked) as b:
+                    return await time_head(runner, "noop", n_calls, b.expected)
+
+            return timed
+
+        async def compare(
+            a: Callable[[int], Awaitable[float]], b: Callable[[int], Awaitable[float]]
+        ) -> tuple[list[float], list[float]]:
+            await a(0)  # warm up
+            await b(0)
+            return await interleave(profile.rounds, a, b)
+
+        # the same pick from a short and from a long queue
+        base, subj = await compare(
+            head_timer(rs, order_s, 0, calls), head_timer(rb, order_b, 0, calls)
+        )
+        results.append(
+            row(f"next-run pick, {small_n:,} vs {big_n:,} queued", "<= 2x", 0, base, subj)
+        )
+        # the first page of heads all blocked by a busy session: the pick reads a second page
+        if small_n > HEAD_BLOCKED_PAGE:
+            base, subj = await compare(
+                head_timer(rs, order_s, HEAD_BLOCKED_PAGE, calls),
+                head_timer(rb, order_b, HEAD_BLOCKED_PAGE, calls),
+            )
             results.append(
-                Result(
-                    name=name,
-                    unit="us",
-                    goal=goal,
-                    baseline=statistics.median(base),
-                    fleetbus=statistics.median(subj),
-                    ratio=ratio,
-                    met=ratio <= 2 if goal == "<= 2x" else None,
-                    rounds={"baseline": base, "fleetbus": subj},
-                    extra={"calls_per_round": calls, "blocked_heads": blocked, "fill_s": fill_s},
+                row(
+                    f"  same, first {HEAD_BLOCKED_PAGE} heads session-busy",
+                    "info",
+                    HEAD_BLOCKED_PAGE,
+                    base,
+                    subj,
                 )
             )
+        # paging cost: 1,024 blocked heads vs none, in the long queue
+        base, subj = await compare(
+            head_timer(rb, order_b, 0, calls),
+            head_timer(rb, order_b, HEAD_BLOCKED_MANY, max(10, calls // 10)),
+        )
+        results.append(
+            row(
+                f"  {big_n:,} queued: {HEAD_BLOCKED_MANY:,} vs 0 heads busy",
+                "info",
+                HEAD_BLOCKED_MANY,
+                base,
+                subj,
+            )
+        )
 
         # runner.dispatch into each frozen queue (the answer carries the queue position)
         k = profile.queue_dispatches
@@ -913,9 +912,13 @@ def main(argv: list[str] | None = None) -> int:
             log(f"bench {key} ...")
             with tempfile.TemporaryDirectory(prefix="fbrun-") as tmp:
                 res = await run_one(key, Path(tmp))
-            verdicts = ", ".join(
-                f"{r.ratio:.2f}x" if r.valid else "INVALID" for r in res
-            )
+                try:
+                    leftovers(Path(tmp))
+                except BenchError as e:
+                    for r in res:
+                        r.valid, r.met = False, False
+                        r.problems.append(str(e))
+            verdicts = ", ".join(f"{r.ratio:.2f}x" if r.valid else "INVALID" for r in res)
             log(f"bench {key}: {verdicts} in {time.perf_counter() - t0:.1f}s")
             results.extend(res)
         return results
