@@ -71,7 +71,7 @@ async def test_startup_in_registration_order_and_shutdown_in_reverse(home: Path)
     log: list[str] = []
     plugins = [(n, Recorder(n, log)) for n in ("a", "b", "c")]
     async with embedded_hub(home, plugins=plugins) as hub:
-        assert hub.plugins.names == ["hub", "a", "b", "c"]
+        assert hub.plugins.names == ["hub", "runner", "a", "b", "c"]
         assert log == ["start a", "start b", "start c"]
     assert log[3:] == ["stop c", "stop b", "stop a"]
 
@@ -287,7 +287,9 @@ async def test_query_over_ipc(home: Path) -> None:
     ):
         assert await client.query("Lookup", {"key": "a"}) == {"key": "a", "value": "A"}
         assert await client.query("Lookup", {"key": "a"}, all=True) == [{"key": "a", "value": "A"}]
-        with pytest.raises(InvalidInput, match="unknown query 'Nope' \\(known: Lookup\\)"):
+        with pytest.raises(
+            InvalidInput, match=r"unknown query 'Nope' \(known: Lookup, WorkspaceQuery\)"
+        ):
             await client.query("Nope", {})
         with pytest.raises(InvalidInput, match="key"):
             await client.query("Lookup", {})
