@@ -92,6 +92,7 @@ class HubClient:
         self._early: dict[str, list[dict[str, Any]]] = {}
         self._send_lock = anyio.Lock(fast_acquire=True)
         self._closed = False
+        self.disconnected = anyio.Event()  # set when the hub closes the connection
 
     @classmethod
     @asynccontextmanager
@@ -154,6 +155,8 @@ class HubClient:
             self._pending.clear()
             for target in self._subs.values():
                 target.close()
+            self._closed = True
+            self.disconnected.set()
 
     async def call(self, method: str, params: Mapping[str, Any] | None = None) -> Any:
         """Send one request and wait for its reply; errors come back as BusError subclasses."""

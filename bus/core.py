@@ -210,7 +210,12 @@ class Bus:
         if not isinstance(payload, Mapping):
             raise InvalidInput.from_errors(
                 spec.name,
-                [{"field": "(input)", "message": f"expected a JSON object, got {type(payload).__name__}"}],
+                [
+                    {
+                        "field": "(input)",
+                        "message": f"expected a JSON object, got {type(payload).__name__}",
+                    }
+                ],
             )
         if not spec.allows_extra:
             unknown = payload.keys() - spec.field_names

@@ -289,6 +289,53 @@ def hub(opts: Options, idle_timeout: float | None) -> None:
 
 
 @cli.command()
+@click.option("--http", "use_http", is_flag=True, help="Serve streamable HTTP instead of stdio.")
+@click.option("--host", default="127.0.0.1", show_default=True, help="HTTP: address to bind.")
+@click.option("--port", default=8765, show_default=True, type=int, help="HTTP: port (0 picks one).")
+@click.option(
+    "--allowed-host",
+    "allowed_hosts",
+    multiple=True,
+    help="HTTP: a Host header clients use (repeatable).",
+)
+@click.option(
+    "--allowed-origin",
+    "allowed_origins",
+    multiple=True,
+    help="HTTP: an allowed Origin (repeatable).",
+)
+@pass_options
+def serve(
+    opts: Options,
+    use_http: bool,
+    host: str,
+    port: int,
+    allowed_hosts: tuple[str, ...],
+    allowed_origins: tuple[str, ...],
+) -> None:
+    """Serve MCP (stdio by default): every exposed action as a tool, runs' events as channel
+    events. HTTP requires the bearer token in $FLEETBUS_TOKEN or $FLEETBUS_HOME/token."""
+    from .serve import HttpOptions, serve_http, serve_stdio
+
+    logging.basicConfig(
+        level=os.environ.get("FLEETBUS_LOG_LEVEL", "WARNING").upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+    async def main() -> None:
+        if use_http:
+            options = HttpOptions(host, port, list(allowed_hosts), list(allowed_origins))
+            await serve_http(opts.home, opts.env, options, embedded=opts.embedded)
+        else:
+            await serve_stdio(opts.home, opts.env, embedded=opts.embedded)
+
+    try:
+        anyio.run(main)
+    except BusError as e:
+        fail(e.message, EXIT_USAGE)
+
+
+@cli.command()
 @pass_options
 def demo(opts: Options) -> None:
     """Show the bus at work on an embedded hub under $FLEETBUS_HOME/demo."""

@@ -57,6 +57,7 @@ class DispatchResult(BaseModel):
 class StatusInput(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
+    run_id: str | None = Field(None, description="Only this run.")
     workspace: str | None = Field(None, description="Only runs of this workspace.")
     status: RunStatus | None = Field(None, description="Only runs with this status.")
     agent: str | None = Field(None, description="Only runs of this agent.")

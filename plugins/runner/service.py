@@ -1139,6 +1139,9 @@ class Runner:
     # -- status ------------------------------------------------------------------------------
     async def status(self, req: StatusInput) -> StatusResult:
         clauses, params = [], []
+        if req.run_id is not None:
+            clauses.append("id = ?")
+            params.append(req.run_id)
         if req.workspace is not None:
             try:
                 clauses.append("workspace = ?")

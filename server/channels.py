@@ -1,0 +1,105 @@
+"""Channel events for MCP sessions: who gets an event, and how bursts are coalesced.
+
+A channel message on the bus (`ChannelPush`) carries the context of the call that caused
+it; a run dispatched from an MCP session has `origin.mcp_session` set. Such events go to
+that session only (when it is one of this server's); events without a session (fleet-wide
+channels, runs started from the CLI or by agents) go to every session of this server.
+
+Each session has a `Coalescer`: an event is sent at once, and events arriving within the
+next `window` seconds are held and sent as one coalesced event (its meta names the runs in
+`run_ids`, its content gives one status per run), so a burst never floods a session.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+
+META_KEY = re.compile(r"[^A-Za-z0-9_]")
+SESSION_KEY = "mcp_session"
+MAX_CONTENT = 2000
+
+
+@dataclass(frozen=True)
+class ChannelEvent:
+    content: str
+    meta: dict[str, str]
+
+
+def clean_meta(meta: Mapping[str, Any]) -> dict[str, str]:
+    """Keys of letters, digits and underscores only (others are dropped by Claude Code),
+    string values."""
+    out: dict[str, str] = {}
+    for key, value in meta.items():
+        name = META_KEY.sub("_", str(key)) or "key"
+        out[name] = value if isinstance(value, str) else str(value)
+    return out
+
+
+def event_from_envelope(envelope: Mapping[str, Any]) -> tuple[ChannelEvent, str | None]:
+    """The event to send and the MCP session it belongs to (None: every session)."""
+    data = envelope.get("data", {})
+    meta = dict(data.get("meta") or {})
+    meta.setdefault("channel", str(data.get("channel", "")))
+    content = str(data.get("content", ""))[:MAX_CONTENT]
+    origin = (envelope.get("context") or {}).get("origin") or {}
+    return ChannelEvent(content, clean_meta(meta)), origin.get(SESSION_KEY)
+
+
+def coalesce(events: list[ChannelEvent]) -> ChannelEvent:
+    """One event standing for several: one line per run, `run_ids` comma-separated."""
+    if len(events) == 1:
+        return events[0]
+    run_ids = [e.meta["run_id"] for e in events if "run_id" in e.meta]
+    channels = sorted({e.meta.get("channel", "") for e in events})
+    parts = []
+    for e in events:
+        if "run_id" in e.meta:
+            parts.append(f"{e.meta['run_id']} {e.meta.get('status', '?')}: {e.content}")
+        else:
+            parts.append(e.content)
+    meta = {
+        "channel": channels[0] if len(channels) == 1 else "mixed",
+        "coalesced": str(len(events)),
+        "run_ids": ",".join(dict.fromkeys(run_ids)),
+    }
+    content = f"{len(events)} fleetbus events: " + "; ".join(parts)
+    return ChannelEvent(content[:MAX_CONTENT], meta)
+
+
+class Coalescer:
+    """Sends one session's events: the first at once, a burst after it as one event."""
+
+    def __init__(
+        self,
+        send: Callable[[ChannelEvent], Awaitable[None]],
+        task_group: anyio.abc.TaskGroup,
+        *,
+        window: float = 0.5,
+    ) -> None:
+        self._send = send
+        self._tg = task_group
+        self.window = window
+        self._held: list[ChannelEvent] = []
+        self._quiet = True  # no send within the last window
+
+    async def push(self, event: ChannelEvent) -> None:
+        if self._quiet:
+            self._quiet = False
+            await self._send(event)
+            self._tg.start_soon(self._after_window)
+        else:
+            self._held.append(event)
+
+    async def _after_window(self) -> None:
+        await anyio.sleep(self.window)
+        if not self._held:
+            self._quiet = True
+            return
+        held, self._held = self._held, []
+        await self._send(coalesce(held))
+        self._tg.start_soon(self._after_window)
