@@ -109,7 +109,7 @@ class Bus:
         self.context = Context(caller="hub")
         self.inflight = 0
         self.last_activity = time.monotonic()
-        self._listeners: list[Callable[[], None]] = []
+        self._listeners: list[Callable[[], object]] = []
 
     # -- lifecycle ---------------------------------------------------------------------------
     async def __aenter__(self) -> Self:
@@ -163,7 +163,7 @@ class Bus:
             )
         self._queries.setdefault(name, []).append(handler)
 
-    def on_actions_changed(self, listener: Callable[[], None]) -> Callable[[], None]:
+    def on_actions_changed(self, listener: Callable[[], object]) -> Callable[[], None]:
         """Call `listener` whenever the set of actions changes; returns its undo."""
         self._listeners.append(listener)
         return lambda: self._listeners.remove(listener)

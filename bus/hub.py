@@ -25,6 +25,7 @@ from .core import Bus
 from .errors import BusError, StartupError, unwrap_group
 from .lock import HubLock
 from .manifests import Manifest, load_manifest
+from .messages import ActionsChanged
 from .paths import Home
 from .plugins import DEFAULT_PLUGINS, PluginSet
 from .queries import QueryRegistrar
@@ -176,6 +177,9 @@ class Hub:
 
                     await tg.start(serve, self)
                 self.started_at = time.time()
+                self.bus.on_actions_changed(
+                    lambda: self.bus.publish(ActionsChanged(actions=len(self.bus.actions)))
+                )
                 log.info("hub %d ready on %s", os.getpid(), self.socket_path)
                 task_status.started(self)
                 if self.idle_timeout > 0:

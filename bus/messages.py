@@ -51,6 +51,13 @@ class GenericMessage(Message):
     model_config = ConfigDict(frozen=True, extra="allow")
 
 
+class ActionsChanged(Message):
+    """The set of actions changed after the hub started (front ends refresh their tools)."""
+
+    topic: ClassVar[str] = "bus.actions_changed"
+    actions: int
+
+
 class JobStarted(Message):
     topic: ClassVar[str] = "bus.job_started"
     job_id: str
