@@ -395,6 +395,7 @@ class Runner:
             except OSError as e:
                 raise Refused(f"cannot create workspace {name}: {e.strerror}") from e
             now = self.now()
+            base = self._new_row(req, ctx, name, model, mode, timeout_s, now)
             busy = self.session_active[name] >= self.session.max_concurrent
             queued_here = await self._session_queue(name)
             if mode == "interrupt":
@@ -421,13 +422,7 @@ class Runner:
             if queued_here and len(queued_here) >= self.session.cap and mode != "interrupt":
                 if self.session.drop == "new":
                     run_id = await self._insert(
-                        req,
-                        ctx,
-                        name,
-                        model,
-                        mode,
-                        timeout_s,
-                        now,
+                        base,
                         status="cancelled",
                         reason=f"refused: the session queue of {name} is full ({self.session.cap} waiting; drop new)",
                     )
@@ -445,17 +440,11 @@ class Runner:
                 previous = await self._previous_run(name)
             not_before = now + self.session.debounce_ms / 1000 if (busy or queued_here) else 0.0
             run_id = await self._insert(
-                req,
-                ctx,
-                name,
-                model,
-                mode,
-                timeout_s,
-                now,
+                base,
                 status="queued",
                 reason="session busy" if busy or queued_here else "",
                 not_before=not_before,
-                previous=previous,
+                previous_run=previous,
             )
             self.queued_by_agent[req.agent] += 1
             await self._drain()
@@ -556,8 +545,8 @@ class Runner:
         )
         return str(row[0]) if row else None
 
-    async def _insert(
-        self,
+    @staticmethod
+    def _new_row(
         req: DispatchInput,
         ctx: Context,
         workspace: str,
@@ -565,31 +554,27 @@ class Runner:
         mode: str,
         timeout_s: float,
         now: float,
-        *,
-        status: str,
-        reason: str,
-        not_before: float = 0.0,
-        previous: str | None = None,
-    ) -> str:
-        run_id = new_run_id()
-        row = {
-            "id": run_id,
+    ) -> dict[str, Any]:
+        """The columns of a new run that do not depend on what the session queue decides."""
+        return {
             "workspace": workspace,
             "agent": req.agent,
             "model": model,
             "prompt": req.prompt,
             "priority": PRIORITIES[req.priority],
             "session_mode": mode,
-            "status": status,
-            "reason": reason,
             "timeout_s": timeout_s,
             "idempotency_key": req.idempotency_key,
             "origin": json.dumps(dict(ctx.origin)) if ctx.origin else None,
-            "previous_run": previous,
             "created_at": now,
-            "not_before": not_before,
-            "ended_at": now if status in ENDED else None,
         }
+
+    async def _insert(self, base: dict[str, Any], **columns: Any) -> str:
+        """Insert a run from `base` plus `columns` (status, reason, not_before, previous_run)."""
+        run_id = new_run_id()
+        row = {"id": run_id, **base, **columns}
+        if row["status"] in ENDED:
+            row["ended_at"] = row["created_at"]
 
         def insert(tx: Tx) -> None:
             tx.db.table("runs").insert(row)
