@@ -21,6 +21,7 @@ import anyio
 
 META_KEY = re.compile(r"[^A-Za-z0-9_]")
 SESSION_KEY = "mcp_session"
+FLEET_CHANNEL = "fleet"  # fleet-wide events go to every session, whoever caused them
 MAX_CONTENT = 2000
 
 
@@ -47,25 +48,29 @@ def event_from_envelope(envelope: Mapping[str, Any]) -> tuple[ChannelEvent, str 
     meta.setdefault("channel", str(data.get("channel", "")))
     content = str(data.get("content", ""))[:MAX_CONTENT]
     origin = (envelope.get("context") or {}).get("origin") or {}
-    return ChannelEvent(content, clean_meta(meta)), origin.get(SESSION_KEY)
+    owner = None if meta["channel"] == FLEET_CHANNEL else origin.get(SESSION_KEY)
+    return ChannelEvent(content, clean_meta(meta)), owner
 
 
 def coalesce(events: list[ChannelEvent]) -> ChannelEvent:
     """One event standing for several: one line per run, `run_ids` comma-separated."""
     if len(events) == 1:
         return events[0]
-    run_ids = [e.meta["run_id"] for e in events if "run_id" in e.meta]
-    channels = sorted({e.meta.get("channel", "") for e in events})
-    parts = []
+    latest: dict[str, ChannelEvent] = {}  # one status per run: its latest event
+    others: list[ChannelEvent] = []
     for e in events:
         if "run_id" in e.meta:
-            parts.append(f"{e.meta['run_id']} {e.meta.get('status', '?')}: {e.content}")
+            latest[e.meta["run_id"]] = e  # keeps the run's first place, takes its last status
         else:
-            parts.append(e.content)
+            others.append(e)
+    run_ids = list(latest)
+    channels = sorted({e.meta.get("channel", "") for e in events})
+    parts = [f"{rid} {e.meta.get('status', '?')}: {e.content}" for rid, e in latest.items()]
+    parts += [e.content for e in others]
     meta = {
         "channel": channels[0] if len(channels) == 1 else "mixed",
         "coalesced": str(len(events)),
-        "run_ids": ",".join(dict.fromkeys(run_ids)),
+        "run_ids": ",".join(run_ids),
     }
     content = f"{len(events)} fleetbus events: " + "; ".join(parts)
     return ChannelEvent(content[:MAX_CONTENT], meta)

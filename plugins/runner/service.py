@@ -655,13 +655,15 @@ class Runner:
             started += 1
         if self._had_queue and self.queued_total == 0 and started:
             self._had_queue = False
-            self.hub.bus.publish(QueueDrained(started=started))
+            fleet = Context(caller="runner")  # fleet-wide: no session's origin
+            self.hub.bus.publish(QueueDrained(started=started), fleet)
             self.hub.bus.publish(
                 ChannelPush(
                     channel=FLEET_CHANNEL,
                     content="queue drained: every queued run has started",
                     meta={"channel": FLEET_CHANNEL, "event": "queue_drained"},
-                )
+                ),
+                fleet,
             )
 
     def _wake(self, at: float) -> None:
@@ -1000,17 +1002,20 @@ class Runner:
                     "ON CONFLICT (pool) DO UPDATE SET backoff_until = excluded.backoff_until, reason = excluded.reason",
                     [pool.name, pool.backoff_until, pool.backoff_reason],
                 )
+                fleet = Context(caller="runner")  # fleet-wide: no session's origin
                 tx.publish(
                     RateLimitDetected(
                         pool=pool.name, until=pool.backoff_until, reason=pool.backoff_reason
-                    )
+                    ),
+                    fleet,
                 )
                 tx.publish(
                     ChannelPush(
                         channel=FLEET_CHANNEL,
                         content=f"{pool.name} backs off until {hhmm(pool.backoff_until)} UTC: {pool.backoff_reason}",
                         meta={"channel": FLEET_CHANNEL, "event": "rate_limit", "pool": pool.name},
-                    )
+                    ),
+                    fleet,
                 )
 
         await self.store.write(end)

@@ -13,7 +13,10 @@ on hubs embedded in this process (dispatch is `hub.bus.perform("runner.dispatch"
    16, each in its own workspace (so session queues never serialize them), all dispatched
    one after the other, timed from the first dispatch to the last `runner.run_completed`;
    vs a raw loop of `anyio.open_process(["true"])` by 16 workers each awaiting
-   `process.wait()`, with nothing persisted (runs per second; goal: ratio >= 0.7).
+   `process.wait()`, with nothing persisted (runs per second; goal: ratio >= 0.7). A third
+   side, for information, is the runner's process recipe alone ("floor": run directory,
+   prompt file, `processes.spawn` of the wrapper, `processes.wait_child`; no store, bus
+   or lock), which tells the cost of the files and processes from the runner's own.
 2. dispatch -> running, with a free lane: from just before `perform("runner.dispatch")`
    until the `runner.run_started` message has arrived and the wrapper's pid file exists
    (goal: p99 <= 50 ms). The agent stamps `date +%s%N` as its first instruction, so
@@ -21,11 +24,14 @@ on hubs embedded in this process (dispatch is `hub.bus.perform("runner.dispatch"
    reported too; the baseline is `anyio.open_process` of the same agent.
 3. agent exit -> `runner.run_completed` received: the agent stamps the time as its last
    instruction (goal: p99 <= 50 ms); the baseline is the same stamp to `process.wait()`.
+   Rows 2 and 3 show p99 over all samples; their ratio is the median of the per-round
+   ratios of p50s of a like-for-like measure (the agent's first instruction; the exit
+   stamp to the notice).
 4. next-run pick: `Runner._head(agent, now)` (the indexed choice of the next run) with 100
    vs 100,000 queued runs of one agent in the table, on two frozen hubs side by side (goal:
-   ratio <= 2); also with the first 64 heads blocked by a busy session (one page of
-   paging), and, for information, with 1,024 heads blocked and `runner.dispatch` into each
-   frozen queue.
+   ratio <= 2); for information also with the first 64 heads blocked by a busy session
+   (one more page), with 1,024 queued runs of a model whose lane is full ahead of the pick
+   (paging), and `runner.dispatch` into each frozen queue (its answer has the position).
 
 Shared machines are noisy: baseline and fleetbus alternate in several rounds (ABBA order);
 a ratio is the median of the per-round ratios, a figure the median over rounds, and p50/p99
@@ -60,7 +66,7 @@ import psutil
 
 from fleetbus.bus.hub import Hub
 from fleetbus.bus.messages import Envelope
-from fleetbus.plugins.runner import runner_of
+from fleetbus.plugins.runner import processes, runner_of
 from fleetbus.plugins.runner.service import Runner
 from fleetbus.testing.hub import embedded_hub, isolated_env
 
@@ -74,10 +80,11 @@ CONFIG = f"""\
 agents:
   noop: {{command: ["true"], prompt: stdin, concurrency: {CONCURRENCY}}}
   probe: {{command: [sh, -c, "{PROBE}"], prompt: stdin, concurrency: {CONCURRENCY}}}
+  multi: {{command: ["true"], prompt: stdin, models: [m1, m2], concurrency: {{total: {CONCURRENCY}, m1: 1}}}}
 dispatch: {{total_concurrency: {CONCURRENCY}, session: {{debounce_ms: 0}}}}
 """
 HEAD_BLOCKED_PAGE = 64  # = service.HEAD_PAGE: the first page is entirely blocked
-HEAD_BLOCKED_MANY = 1024
+HEAD_BLOCKED_MANY = 1024  # queued runs of a model whose lane is full, ahead of the pick
 
 
 @dataclass(frozen=True)
@@ -332,7 +339,43 @@ async def raw_true_loop(n: int) -> None:
         raise BenchError(f"raw `true` exited non-zero {len(failures)} time(s): {failures[:5]}")
 
 
-async def bench_throughput(profile: Profile, tmp: Path) -> Result:
+async def spawn_floor_loop(n: int, root: Path, workspace: Path) -> None:
+    """The runner's own process recipe without the runner: per run a run directory and a
+    prompt file, `processes.spawn` (the wrapper, output.log) and `processes.wait_child`,
+    by 16 workers; no store, bus, lock or bookkeeping."""
+    remaining = n
+    failures: list[int] = []
+    env = {k: v for k, v in os.environ.items() if k in ("PATH", "LANG", "LC_ALL", "TZ")}
+
+    async def worker() -> None:
+        nonlocal remaining
+        while remaining > 0:
+            remaining -= 1
+            run_dir = root / f"f{remaining}"
+            run_dir.mkdir()
+            prompt = run_dir / "prompt.txt"
+            prompt.write_text("bench")
+            pid = processes.spawn(
+                ["true"],
+                cwd=workspace,
+                env=env,
+                run_dir=run_dir,
+                log=run_dir / "output.log",
+                stdin=prompt,
+            )
+            code = await processes.wait_child(pid)
+            processes.signal_group(pid, signal.SIGKILL)
+            if code != 0:
+                failures.append(code)
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(CONCURRENCY):
+            tg.start_soon(worker)
+    if failures:
+        raise BenchError(f"the spawn floor's runs exited non-zero: {failures[:5]}")
+
+
+async def bench_throughput(profile: Profile, tmp: Path) -> list[Result]:
     n = profile.runs
     name = f"throughput, {n:,} no-op runs @{CONCURRENCY}"
     workspaces = [f"b/n/r{i}" for i in range(n)]
@@ -395,12 +438,44 @@ async def bench_throughput(profile: Profile, tmp: Path) -> Result:
                 queued_at_dispatch.append(queued)
                 return rate
 
+            floor_rounds = iter(range(1_000_000))
+            floor_ws = tmp / "floor-ws"
+            floor_ws.mkdir()
+
+            async def floor(_r: int) -> float:
+                root = tmp / f"floor-{next(floor_rounds)}"
+                root.mkdir()
+                t0 = time.perf_counter()
+                await spawn_floor_loop(n, root, floor_ws)
+                return n / (time.perf_counter() - t0)
+
             await raw_true_loop(min(n, 100))  # warm up
             await fleet_round(min(n, 100))
-            base, subj = await interleave(profile.rounds, baseline, subject)
+            await floor(0)
+            # three sides, each round in another order
+            sides = [baseline, subject, floor]
+            got: list[list[float]] = [[], [], []]
+            for r in range(profile.rounds):
+                for k in range(3):
+                    i = (k + r) % 3
+                    gc.collect()
+                    got[i].append(await sides[i](r))
+            base, subj, flo = got
     leftovers(tmp)
     ratio = ratio_of(base, subj)
-    return Result(
+    floor_ratio = ratio_of(base, flo)
+    floor_row = Result(
+        name="  floor: the runner's spawn + wait alone",
+        unit="runs/s",
+        goal="info",
+        baseline=statistics.median(base),
+        fleetbus=statistics.median(flo),
+        ratio=floor_ratio,
+        met=None,
+        rounds={"baseline": base, "fleetbus": flo},
+        extra={"runs_per_round": n, "what": "mkdir + prompt file + processes.spawn + wait_child"},
+    )
+    main_row = Result(
         name=name,
         unit="runs/s",
         goal=">= 0.7x",
@@ -418,6 +493,7 @@ async def bench_throughput(profile: Profile, tmp: Path) -> Result:
             "loop_cpu_ms_per_run": {k: statistics.median(v) for k, v in cpu.items()},
         },
     )
+    return [main_row, floor_row]
 
 
 # -- 2 and 3. dispatch -> running, exit -> run_completed ---------------------------------------
@@ -592,27 +668,33 @@ async def bench_latency(profile: Profile, tmp: Path) -> list[Result]:
 
 
 # -- 4. next-run pick with a short and a long queue ---------------------------------------------
-async def fill_queue(hub: Hub, agent: str, n: int) -> list[tuple[str, str]]:
-    """Insert `n` queued runs of `agent` in one transaction; (id, workspace) in queue order."""
+async def fill_queue(
+    hub: Hub, agent: str, segments: list[tuple[str | None, int]]
+) -> list[tuple[str, str, str | None]]:
+    """Insert queued runs of `agent` in one transaction: `count` of each `(model, count)`
+    in turn. Returns the first (id, workspace, model) rows in queue order."""
     now = time.time()
     runner = runner_of(hub)
 
     def rows() -> Any:
-        for i in range(n):
-            yield (
-                f"q{i:07d}",
-                f"q/{agent}/r{i}",
-                agent,
-                None,
-                "bench",
-                2,  # medium
-                "queue",
-                "queued",
-                "",
-                3600.0,
-                now,
-                0.0,
-            )
+        i = 0
+        for model, count in segments:
+            for _ in range(count):
+                yield (
+                    f"q-{agent}-{i:07d}",
+                    f"q/{agent}/r{i}",
+                    agent,
+                    model,
+                    "bench",
+                    2,  # medium
+                    "queue",
+                    "queued",
+                    "",
+                    3600.0,
+                    now,
+                    0.0,
+                )
+                i += 1
 
     def fill(tx: Any) -> None:
         tx.db.conn.executemany(
@@ -624,34 +706,56 @@ async def fill_queue(hub: Hub, agent: str, n: int) -> list[tuple[str, str]]:
     await hub.store.write(fill)
     order = await hub.store.read(
         lambda db: [
-            (r[0], r[1])
+            (r[0], r[1], r[2])
             for r in db.execute(
-                "SELECT id, workspace FROM runs WHERE status = 'queued' AND agent = ? "
+                "SELECT id, workspace, model FROM runs WHERE status = 'queued' AND agent = ? "
                 "ORDER BY priority, seq LIMIT ?",
-                [agent, HEAD_BLOCKED_MANY + 1],
+                [agent, HEAD_BLOCKED_MANY + 100],
             )
         ]
     )
-    runner.queued_by_agent[agent] = n
+    runner.queued_by_agent[agent] = sum(count for _, count in segments)
     return order
 
 
 class Blocked:
-    """Mark the first `k` queued workspaces as busy (as the runner's session count sees it)."""
+    """Block the first `k` queued runs by marking their workspaces busy (as the runner's
+    session count sees it), or, with `lane_model`, block every queued run of that model by
+    filling its lane. `expected` is the run `_head` must pick then."""
 
-    def __init__(self, runner: Runner, order: list[tuple[str, str]], k: int) -> None:
-        self.runner = runner
-        self.workspaces = [ws for _, ws in order[:k]]
-        self.expected = order[k][0] if k < len(order) else None
+    def __init__(
+        self,
+        runner: Runner,
+        agent: str,
+        order: list[tuple[str, str, str | None]],
+        k: int,
+        *,
+        lane_model: str | None = None,
+    ) -> None:
+        self.runner, self.agent, self.lane_model = runner, agent, lane_model
+        self.workspaces: list[str] = []
+        self.lane_full = bool(lane_model and k)
+        if lane_model is None:
+            self.workspaces = [ws for _, ws, _ in order[:k]]
+            self.expected = order[k][0] if k < len(order) else None
+        elif self.lane_full:
+            self.expected = next((run_id for run_id, _, m in order if m != lane_model), None)
+        else:
+            self.expected = order[0][0]
 
     def __enter__(self) -> Blocked:
         for ws in self.workspaces:
             self.runner.session_active[ws] = self.runner.session.max_concurrent
+        if self.lane_full and self.lane_model is not None:
+            _, per_model = self.runner.agents[self.agent].limits()
+            self.runner.lanes.by_model[(self.agent, self.lane_model)] = per_model[self.lane_model]
         return self
 
     def __exit__(self, *exc: object) -> None:
         for ws in self.workspaces:
             del self.runner.session_active[ws]
+        if self.lane_full:
+            self.runner.lanes.by_model.pop((self.agent, self.lane_model or ""), None)
 
 
 async def time_head(runner: Runner, agent: str, calls: int, expected: str | None) -> float:
@@ -680,8 +784,9 @@ async def bench_head(profile: Profile, tmp: Path) -> list[Result]:
         if not (rs.frozen and rb.frozen):
             raise BenchError("the queue hubs are not frozen")
         t0 = time.perf_counter()
-        order_s = await fill_queue(small, "noop", small_n)
-        order_b = await fill_queue(big, "noop", big_n)
+        order_s = await fill_queue(small, "noop", [(None, small_n)])
+        order_b = await fill_queue(big, "noop", [(None, big_n)])
+        order_m = await fill_queue(big, "multi", [("m1", HEAD_BLOCKED_MANY), ("m2", 64)])
         fill_s = time.perf_counter() - t0
 
         def row(name: str, goal: str, blocked: int, base: list[float], subj: list[float]) -> Result:
@@ -699,11 +804,16 @@ async def bench_head(profile: Profile, tmp: Path) -> list[Result]:
             )
 
         def head_timer(
-            runner: Runner, order: list[tuple[str, str]], blocked: int, n_calls: int
+            runner: Runner,
+            order: list[tuple[str, str, str | None]],
+            blocked: int,
+            n_calls: int,
+            agent: str = "noop",
+            lane_model: str | None = None,
         ) -> Callable[[int], Awaitable[float]]:
             async def timed(_r: int) -> float:
-                with Blocked(runner, order, blocked) as b:
-                    return await time_head(runner, "noop", n_calls, b.expected)
+                with Blocked(runner, agent, order, blocked, lane_model=lane_model) as b:
+                    return await time_head(runner, agent, n_calls, b.expected)
 
             return timed
 
@@ -736,14 +846,14 @@ async def bench_head(profile: Profile, tmp: Path) -> list[Result]:
                     subj,
                 )
             )
-        # paging cost: 1,024 blocked heads vs none, in the long queue
+        # paging cost: the first 1,024 queued runs of an agent wait for a full model lane
         base, subj = await compare(
-            head_timer(rb, order_b, 0, calls),
-            head_timer(rb, order_b, HEAD_BLOCKED_MANY, max(10, calls // 10)),
+            head_timer(rb, order_m, 0, calls, "multi", "m1"),
+            head_timer(rb, order_m, HEAD_BLOCKED_MANY, max(10, calls // 10), "multi", "m1"),
         )
         results.append(
             row(
-                f"  {big_n:,} queued: {HEAD_BLOCKED_MANY:,} vs 0 heads busy",
+                f"  {HEAD_BLOCKED_MANY:,} heads behind a full model lane vs none",
                 "info",
                 HEAD_BLOCKED_MANY,
                 base,
@@ -755,26 +865,28 @@ async def bench_head(profile: Profile, tmp: Path) -> list[Result]:
         k = profile.queue_dispatches
         counter = {"small": 0, "big": 0}
 
-        async def into(hub: Hub, key: str, queued: int) -> float:
+        async def into(hub: Hub, key: str) -> float:
+            runner = runner_of(hub)
             samples = []
             for _ in range(k):
                 i = counter[key]
                 counter[key] += 1
+                expected = runner.queued_total + 1  # every queued run is medium priority
                 t0 = time.perf_counter()
                 res = await dispatch(hub, "noop", f"dq/{key}/d{i}")
                 samples.append((time.perf_counter() - t0) * 1e6)
-                if res.status != "queued" or res.queue_position != queued + i + 1:
+                if res.status != "queued" or res.queue_position != expected:
                     raise BenchError(
-                        f"dispatch into a frozen queue of {queued}: {res.status}, "
-                        f"position {res.queue_position}, expected {queued + i + 1}"
+                        f"dispatch into a frozen queue: {res.status}, "
+                        f"position {res.queue_position}, expected {expected}"
                     )
             return statistics.median(samples)
 
         async def q_base(_r: int) -> float:
-            return await into(small, "small", small_n)
+            return await into(small, "small")
 
         async def q_subj(_r: int) -> float:
-            return await into(big, "big", big_n)
+            return await into(big, "big")
 
         base, subj = await interleave(profile.rounds, q_base, q_subj)
         results.append(
@@ -866,7 +978,13 @@ def no_nan(obj: Any) -> Any:
 
 
 BENCHES: dict[str, tuple[list[tuple[str, str, str]], Callable[[Profile, Path], Awaitable[Any]]]] = {
-    "throughput": ([("throughput, no-op runs", "runs/s", ">= 0.7x")], bench_throughput),
+    "throughput": (
+        [
+            ("throughput, no-op runs", "runs/s", ">= 0.7x"),
+            ("  floor: the runner's spawn + wait alone", "runs/s", "info"),
+        ],
+        bench_throughput,
+    ),
     "latency": (
         [
             ("dispatch -> running (free lane), p99", "ms", "p99 <= 50ms"),
@@ -943,7 +1061,8 @@ def main(argv: list[str] | None = None) -> int:
         for line in details(results):
             print(line)
         print(
-            f"({profile.rounds} interleaved rounds; ratio = median of per-round ratios; "
+            f"({profile.rounds} interleaved rounds; ratio = median of per-round ratios "
+            f"(latency rows: of p50s, like for like; their figures are p99s); "
             f"python {platform.python_version()}; {os.cpu_count()} CPUs; {elapsed:.1f}s)"
         )
     return 0 if all(r.valid for r in results) else 1
