@@ -27,6 +27,7 @@ import pytest
 from fleetbus.bus.lock import is_locked, read_pid
 from fleetbus.bus.paths import Home
 from fleetbus.testing.hub import cli_command
+from fleetbus.testing.processes import alive, one_line_error, wait_for
 
 Cli = Callable[..., subprocess.CompletedProcess[str]]
 NOBODY = 65534
@@ -34,44 +35,10 @@ DEADLINE = 20.0
 
 
 # -- helpers ---------------------------------------------------------------------------------
-def wait_for(predicate: Callable[[], object], timeout: float = DEADLINE) -> bool:
-    """Poll `predicate` every 20 ms until it is true or `timeout` seconds have passed."""
-    deadline = time.monotonic() + timeout
-    while True:
-        if predicate():
-            return True
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(0.02)
-
-
-def alive(pid: int) -> bool:
-    """True while `pid` runs (a zombie counts as gone: nobody may reap a detached hub)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[-1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
 def hub_pid(home: Path) -> int:
     pid = read_pid(Home(home).lock)
     assert pid is not None, f"no hub pid in {Home(home).lock}"
     return pid
-
-
-def one_line_error(proc: subprocess.CompletedProcess[str]) -> str:
-    """stderr must be exactly one line, without a traceback or an 'internal error'."""
-    err = proc.stderr.strip()
-    assert err, f"nothing on stderr (stdout: {proc.stdout!r})"
-    assert "Traceback" not in err, err
-    assert "internal error" not in err, err
-    assert len(err.splitlines()) == 1, f"expected one line on stderr, got:\n{err}"
-    return err
 
 
 def mode(path: Path) -> int:

@@ -12,7 +12,6 @@ import os
 import subprocess
 import sys
 import textwrap
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ import pytest
 
 from fleetbus.bus.lock import is_locked, read_pid
 from fleetbus.bus.paths import Home
+from fleetbus.testing.processes import alive, one_line_error, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -168,29 +168,6 @@ def with_site(env: dict[str, str], site: Path) -> dict[str, str]:
     return {"PYTHONPATH": os.pathsep.join(paths)}
 
 
-def wait_for(predicate: Callable[[], object], timeout: float = 20.0) -> bool:
-    """Poll `predicate` every 20 ms until it is true or `timeout` seconds have passed."""
-    deadline = time.monotonic() + timeout
-    while True:
-        if predicate():
-            return True
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(0.02)
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[-1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
 def stop_and_wait(cli: Cli, home: Path, **env: str) -> None:
     """`fleetbus stop`, then wait until the hub's process is gone."""
     pid = read_pid(Home(home).lock)
@@ -198,15 +175,6 @@ def stop_and_wait(cli: Cli, home: Path, **env: str) -> None:
     proc = cli("stop", **env)
     assert proc.returncode == 0, proc.stderr
     assert wait_for(lambda: not alive(pid)), f"hub {pid} still runs after `fleetbus stop`"
-
-
-def one_line_error(proc: subprocess.CompletedProcess[str]) -> str:
-    err = proc.stderr.strip()
-    assert err, f"nothing on stderr (stdout: {proc.stdout!r})"
-    assert "Traceback" not in err, err
-    assert "internal error" not in err, err
-    assert len(err.splitlines()) == 1, f"expected one line on stderr, got:\n{err}"
-    return err
 
 
 def plugins_json(cli: Cli, **env: str) -> dict[str, dict[str, Any]]:

@@ -12,9 +12,7 @@ and the `home` fixture stops the hub.
 from __future__ import annotations
 
 import json
-import os
 import re
-import signal
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -36,6 +34,7 @@ from fleetbus.bus.paths import Home
 from fleetbus.server.mcp_server import FleetMCP
 from fleetbus.server.serve import fleet
 from fleetbus.testing.hub import cli_command
+from fleetbus.testing.processes import reap_runs
 
 pytestmark = pytest.mark.anyio
 
@@ -221,17 +220,6 @@ def config_env(home: Path, env: dict[str, str]) -> Iterator[dict[str, str]]:
     env["FLEETBUS_CONFIG"] = str(config)
     yield env
     reap_runs(home)
-
-
-def reap_runs(home: Path) -> None:
-    for pid_file in (home / "runs").glob("*/pid"):
-        try:
-            pid = int(pid_file.read_text().strip())
-            proc = psutil.Process(pid)
-            if str(pid_file.parent) in " ".join(proc.cmdline()):
-                os.killpg(pid, signal.SIGKILL)
-        except (OSError, ValueError, psutil.Error):
-            continue
 
 
 @asynccontextmanager

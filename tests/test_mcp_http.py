@@ -34,6 +34,7 @@ from pydantic import BaseModel
 
 from fleetbus.bus.paths import Home
 from fleetbus.testing.hub import cli_command
+from fleetbus.testing.processes import one_line_error
 
 pytestmark = pytest.mark.anyio
 
@@ -136,13 +137,6 @@ def serve_http(env: dict[str, str], *args: str, timeout: float = 30) -> Iterator
 async def post_initialize(url: str, **headers: str) -> httpx2.Response:
     async with httpx2.AsyncClient(timeout=20) as http:
         return await http.post(url, json=INITIALIZE, headers={**HEADERS, **headers})
-
-
-def one_line_error(proc: subprocess.CompletedProcess[str]) -> str:
-    err = proc.stderr.strip()
-    assert err and "Traceback" not in err, err
-    assert len(err.splitlines()) == 1, f"expected one line on stderr, got:\n{err}"
-    return err
 
 
 @pytest.fixture

@@ -14,7 +14,6 @@ import os
 import signal
 import subprocess
 import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ from fleetbus.bus.errors import BusError
 from fleetbus.bus.lock import read_pid
 from fleetbus.bus.paths import Home
 from fleetbus.testing.hub import cli_command
+from fleetbus.testing.processes import alive, live_groups, one_line_error, wait_for
 
 Cli = Callable[..., subprocess.CompletedProcess[str]]
 DEADLINE = 30.0
@@ -49,48 +49,11 @@ agents:
 
 
 # -- helpers ---------------------------------------------------------------------------------
-def wait_for(predicate: Callable[[], object], timeout: float = DEADLINE) -> bool:
-    """Poll `predicate` every 20 ms until it is true or `timeout` seconds have passed."""
-    deadline = time.monotonic() + timeout
-    while True:
-        if predicate():
-            return True
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(0.02)
-
-
-def alive(pid: int) -> bool:
-    """True while `pid` runs; a zombie is dead (orphans here are never reaped by pid 1)."""
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
-
-
-def live_groups() -> set[int]:
-    """Process groups with at least one live (non-zombie) process."""
-    groups = set()
-    for proc in psutil.process_iter(["status"]):
-        with contextlib.suppress(psutil.NoSuchProcess, ProcessLookupError, PermissionError):
-            if proc.info["status"] != psutil.STATUS_ZOMBIE:
-                groups.add(os.getpgid(proc.pid))
-    return groups
-
-
 def read_int(path: Path) -> int | None:
     try:
         return int(path.read_text().strip())
     except (OSError, ValueError):
         return None
-
-
-def one_line_error(proc: subprocess.CompletedProcess[str]) -> str:
-    err = proc.stderr.strip()
-    assert err, f"nothing on stderr (stdout: {proc.stdout!r})"
-    assert "Traceback" not in err, err
-    assert len(err.splitlines()) == 1, f"expected one line on stderr, got:\n{err}"
-    return err
 
 
 def ok_json(proc: subprocess.CompletedProcess[str]) -> Any:

@@ -33,6 +33,7 @@ from fleetbus.bus.client import HubClient
 from fleetbus.bus.errors import BusError
 from fleetbus.bus.lock import read_pid
 from fleetbus.bus.paths import Home
+from fleetbus.testing.processes import alive, group_members, kill_group, live_groups, wait_for
 
 Cli = Callable[..., subprocess.CompletedProcess[str]]
 DEADLINE = 30.0
@@ -40,50 +41,6 @@ FAKE = "fleetbus.testing.fake_agent"
 
 
 # -- helpers ---------------------------------------------------------------------------------
-def wait_for(predicate: Callable[[], object], timeout: float = DEADLINE) -> bool:
-    """Poll `predicate` every 20 ms until it is true or `timeout` seconds have passed."""
-    deadline = time.monotonic() + timeout
-    while True:
-        if predicate():
-            return True
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(0.02)
-
-
-def alive(pid: int) -> bool:
-    """True while `pid` runs; a zombie is dead (orphans here are never reaped by pid 1)."""
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
-
-
-def group_members(pgid: int) -> list[int]:
-    """Live (non-zombie) processes of process group `pgid`."""
-    members = []
-    for proc in psutil.process_iter(["status"]):
-        with contextlib.suppress(psutil.NoSuchProcess, ProcessLookupError, PermissionError):
-            if proc.info["status"] != psutil.STATUS_ZOMBIE and os.getpgid(proc.pid) == pgid:
-                members.append(proc.pid)
-    return members
-
-
-def live_groups() -> set[int]:
-    """Process groups with at least one live (non-zombie) process."""
-    groups = set()
-    for proc in psutil.process_iter(["status"]):
-        with contextlib.suppress(psutil.NoSuchProcess, ProcessLookupError, PermissionError):
-            if proc.info["status"] != psutil.STATUS_ZOMBIE:
-                groups.add(os.getpgid(proc.pid))
-    return groups
-
-
-def kill_group(pgid: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, signal.SIGKILL)
-
-
 def read_int(path: Path) -> int | None:
     try:
         return int(path.read_text().strip())

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import importlib
 import inspect
 import itertools
 import json
@@ -50,7 +51,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager, suppress
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -154,6 +155,13 @@ def percentile(samples: list[float], q: float) -> float:
     return ordered[k]
 
 
+def leaves(exc: BaseException) -> list[BaseException]:
+    """The exceptions inside (nested) exception groups."""
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for e in exc.exceptions for leaf in leaves(e)]
+    return [exc]
+
+
 def ms(ns: int) -> float:
     return ns / 1e6
 
@@ -181,6 +189,7 @@ class Side:
         self.argv = argv
         self.env = env
         self.session: ClientSession | None = None
+        self.output_schemas: dict[str, dict[str, Any] | None] = {}
         self.startup_ms = math.nan
         self.exit_ms = math.nan
         self.events: dict[str, list[Event]] = {}
@@ -268,6 +277,7 @@ class Side:
         binding = NotificationBinding(
             method=CHANNEL_METHOD, params_type=ChannelIn, handler=self.on_channel
         )
+        t_exit: int | None = None
         with open(self.errlog_path, "w") as errlog:
             t0 = time.perf_counter_ns()
             try:
@@ -276,23 +286,27 @@ class Side:
                     session = await stack.enter_async_context(
                         ClientSession(read, write, notification_bindings=[binding])
                     )
-                    with anyio.fail_after(START_TIMEOUT):
-                        await session.initialize()
-                        await session.list_tools()  # the client now knows the output schemas
+                    try:
+                        with anyio.fail_after(START_TIMEOUT):
+                            await session.initialize()
+                            # the client now knows (and validates against) the output schemas
+                            tools = (await session.list_tools()).tools
+                    except TimeoutError:
+                        raise BenchError(
+                            f"{self.name}: no answer to initialize within {START_TIMEOUT:g}s "
+                            f"({self.stderr_tail()})"
+                        ) from None
+                    self.output_schemas = {t.name: t.output_schema for t in tools}
                     self.startup_ms = ms(time.perf_counter_ns() - t0)
                     self.session = session
                     try:
                         yield self
                     finally:
                         self.session = None
-                        t_exit = time.perf_counter_ns()
-                t_done = time.perf_counter_ns()
-                self.exit_ms = ms(t_done - t_exit)
-            except TimeoutError:
-                raise BenchError(
-                    f"{self.name}: no answer to initialize within {START_TIMEOUT:g}s "
-                    f"({self.stderr_tail()})"
-                ) from None
+                        t_exit = time.perf_counter_ns()  # closing stdin, waiting for the exit
+            finally:
+                if t_exit is not None:
+                    self.exit_ms = ms(time.perf_counter_ns() - t_exit)
 
 
 def bench_env(root: Path, name: str) -> dict[str, str]:
@@ -320,6 +334,23 @@ def structured(res: Any) -> dict[str, Any]:
 
 def wire_size(res: Any) -> int:
     return len(json.dumps(res.model_dump(by_alias=True, mode="json", exclude_none=True)))
+
+
+def validation_us(schema: dict[str, Any] | None, data: Any, n: int = 300) -> float:
+    """What the client's output-schema check of one answer costs (a compiled validator, as
+    ClientSession caches it), in microseconds: part of every round trip."""
+    if schema is None:
+        return 0.0
+    # jsonschema ships no type stubs
+    validator_for = importlib.import_module("jsonschema.validators").validator_for
+
+    validator = validator_for(schema)(schema)
+    for _ in range(20):
+        list(validator.iter_errors(data))
+    t0 = time.perf_counter_ns()
+    for _ in range(n):
+        list(validator.iter_errors(data))
+    return (time.perf_counter_ns() - t0) / n / 1000
 
 
 # -- 1. runner_status round trip -------------------------------------------------------------
@@ -359,8 +390,14 @@ async def bench_status(
         for i in orders[r % len(orders)]:
             side = sides[i]
             gc.collect()
-            per_round[side.name].append(await one_round(side, profile.status_calls, samples[side.name]))
+            per_round[side.name].append(
+                await one_round(side, profile.status_calls, samples[side.name])
+            )
 
+    check_us = {
+        side.name: validation_us(side.output_schemas.get("runner_status"), payload)
+        for side in sides
+    }
     results = []
     b = base.name
     for s in subjects:
@@ -383,6 +420,7 @@ async def bench_status(
                     "calls_per_side": len(samples[s.name]),
                     "p99_ratio": percentile(samples[s.name], 99) / percentile(samples[b], 99),
                     "answer_bytes": {"baseline": sizes[b], s.name: sizes[s.name]},
+                    "client_validation_us": {"baseline": check_us[b], s.name: check_us[s.name]},
                 },
             )
         )
@@ -416,12 +454,16 @@ async def dispatch(side: Side, workspace: str) -> tuple[str, int, float, float]:
     return data["run_id"], t0, wall0, returned
 
 
-async def settle(side: Side, run_id: str, t0: int, wall0: float, returned: float) -> Sample:
+async def settle(
+    side: Side, run_id: str, t0: int, wall0: float, returned: float, *, isolated: bool
+) -> Sample:
     ended = await side.wait_ended(run_id)
     if ended.status != "completed":
         raise BenchError(f"{side.name}: run {run_id} ended {ended.status}")
     running = side.event(run_id, "running")
-    if running is None:
+    # a coalesced event keeps one status per run: within a burst, `completed` may replace
+    # `running`; an isolated run's `running` is the first event, sent at once
+    if running is None and isolated:
         raise BenchError(f"{side.name}: no `running` event for run {run_id}")
     status = structured(await side.call("runner_status", {"run_id": run_id, "limit": 1}))
     runs = status.get("runs") or []
@@ -431,11 +473,11 @@ async def settle(side: Side, run_id: str, t0: int, wall0: float, returned: float
     return Sample(
         run_id=run_id,
         returned_ms=returned,
-        running_ms=ms(running.t - t0),
+        running_ms=ms(running.t - t0) if running is not None else math.nan,
         ended_ms=ms(ended.t - t0),
         hub_started_ms=(run["started_at"] - wall0) * 1000,
         hub_ended_ms=(run["ended_at"] - wall0) * 1000,
-        running_coalesced=running.coalesced,
+        running_coalesced=running.coalesced if running is not None else 0,
         ended_coalesced=ended.coalesced,
     )
 
@@ -448,7 +490,7 @@ async def isolated_samples(profile: Profile, subjects: list[Side]) -> dict[str, 
             await side.wait_quiet()
             gc.collect()
             run_id, t0, wall0, returned = await dispatch(side, f"iso-{i}")
-            got[side.name].append(await settle(side, run_id, t0, wall0, returned))
+            got[side.name].append(await settle(side, run_id, t0, wall0, returned, isolated=True))
     return got
 
 
@@ -460,16 +502,17 @@ async def burst_samples(profile: Profile, side: Side) -> tuple[list[Sample], lis
         before = side.notifications
         sent = [await dispatch(side, f"burst-{b}-{k}") for k in range(profile.burst_size)]
         for run_id, t0, wall0, returned in sent:
-            samples.append(await settle(side, run_id, t0, wall0, returned))
+            samples.append(await settle(side, run_id, t0, wall0, returned, isolated=False))
         await side.wait_quiet()  # every event of the burst is out
         notes.append(side.notifications - before)
     return samples, notes
 
 
 def event_results(side: Side, samples: list[Sample], label: str, goal: bool) -> list[Result]:
-    running = [s.running_ms for s in samples]
+    seen = [s for s in samples if not math.isnan(s.running_ms)]  # `running` delivered
+    running = [s.running_ms for s in seen]
     ended = [s.ended_ms for s in samples]
-    hub_started = [s.hub_started_ms for s in samples]
+    hub_started = [s.hub_started_ms for s in seen]
     hub_ended = [s.hub_ended_ms for s in samples]
     held = [s.ended_ms - s.hub_ended_ms for s in samples]
     common = {
@@ -478,6 +521,7 @@ def event_results(side: Side, samples: list[Sample], label: str, goal: bool) -> 
         "dispatch_returned_p99_ms": percentile([s.returned_ms for s in samples], 99),
         "ended_coalesced": sum(s.ended_coalesced > 1 for s in samples),
         "running_coalesced": sum(s.running_coalesced > 1 for s in samples),
+        "running_superseded": len(samples) - len(seen),
     }
     p99 = percentile(ended, 99)
     return [
@@ -494,10 +538,10 @@ def event_results(side: Side, samples: list[Sample], label: str, goal: bool) -> 
             extra={
                 **common,
                 "event_after_hub_p50_ms": percentile(
-                    [s.running_ms - s.hub_started_ms for s in samples], 50
+                    [s.running_ms - s.hub_started_ms for s in seen], 50
                 ),
                 "event_after_hub_p99_ms": percentile(
-                    [s.running_ms - s.hub_started_ms for s in samples], 99
+                    [s.running_ms - s.hub_started_ms for s in seen], 99
                 ),
             },
         ),
@@ -534,6 +578,9 @@ async def bench_events(profile: Profile, subjects: list[Side]) -> list[Result]:
                 row.extra["notifications_per_burst"] = notes
                 row.extra["first_of_burst_running_ms"] = [
                     s.running_ms for s in samples[:: profile.burst_size]
+                ]
+                row.extra["first_of_burst_completed_ms"] = [
+                    s.ended_ms for s in samples[:: profile.burst_size]
                 ]
             results.extend(rows)
     for side in subjects:
@@ -599,8 +646,10 @@ async def run_benches(profile: Profile, only: list[str]) -> tuple[list[Result], 
                     t0 = time.perf_counter()
                     log("bench status ...")
                     rows = await bench_status(profile, base, subjects, payload)
-                    log(f"bench status: {', '.join(f'{r.ratio:.2f}x' for r in rows)} "
-                        f"in {time.perf_counter() - t0:.1f}s")
+                    log(
+                        f"bench status: {', '.join(f'{r.ratio:.2f}x' for r in rows)} "
+                        f"in {time.perf_counter() - t0:.1f}s"
+                    )
                     results.extend(rows)
                 if "events" in only:
                     t0 = time.perf_counter()
@@ -609,7 +658,7 @@ async def run_benches(profile: Profile, only: list[str]) -> tuple[list[Result], 
                     log(f"bench events: in {time.perf_counter() - t0:.1f}s")
                     results.extend(rows)
         except* BenchError as group:
-            problems.extend(str(e) for e in group.exceptions)
+            problems.extend(str(e) for e in leaves(group))
         finally:
             with anyio.CancelScope(shield=True):
 
@@ -634,9 +683,9 @@ async def run_benches(profile: Profile, only: list[str]) -> tuple[list[Result], 
                     f"closing ({side.exit_ms:.0f}ms; stdio_client killed it)"
                 )
     if problems:
+        nan = math.nan
         results.append(
-            Result("(correctness)", "ms", "-", *([math.nan] * 5), met=False, valid=False,
-                   problems=problems)
+            Result("(correctness)", "ms", "-", nan, nan, nan, nan, nan, False, False, problems)
         )
     return results, info
 
@@ -649,7 +698,14 @@ def fmt_pair(p50: float, p99: float) -> str:
 
 
 def table(results: list[Result]) -> str:
-    head = ("measurement", "baseline p50 / p99 ms", "fleetbus p50 / p99 ms", "ratio", "goal", "met?")
+    head = (
+        "measurement",
+        "baseline p50 / p99 ms",
+        "fleetbus p50 / p99 ms",
+        "ratio",
+        "goal",
+        "met?",
+    )
     rows = [head]
     for r in results:
         if r.name == "(correctness)":
@@ -682,10 +738,13 @@ def notes(results: list[Result], info: dict[str, Any]) -> list[str]:
     for r in results:
         x = r.extra
         if "answer_bytes" in x:
+            size = next(v for k, v in x["answer_bytes"].items() if k != "baseline")
+            check = next(v for k, v in x["client_validation_us"].items() if k != "baseline")
             out.append(
                 f"{r.name}: p99 ratio {x['p99_ratio']:.2f}x over {x['calls_per_side']} calls; "
-                f"answer bytes baseline {x['answer_bytes']['baseline']}, fleetbus "
-                f"{[v for k, v in x['answer_bytes'].items() if k != 'baseline'][0]}"
+                f"answer bytes baseline {x['answer_bytes']['baseline']}, fleetbus {size}; "
+                f"client output-schema check per answer baseline "
+                f"{x['client_validation_us']['baseline']:.0f}us, fleetbus {check:.0f}us"
             )
         elif "event_after_hub_p50_ms" in x:
             line = (
@@ -702,15 +761,22 @@ def notes(results: list[Result], info: dict[str, Any]) -> list[str]:
             coalesced = x["ended_coalesced"] if "completed" in r.name else x["running_coalesced"]
             if coalesced:
                 line += f"; {coalesced} arrived inside a coalesced event"
+            if x["running_superseded"] and "running" in r.name:
+                line += (
+                    f"; {x['running_superseded']} never announced `running` (a coalesced "
+                    "event gave their `completed` only)"
+                )
             out.append(line)
         for problem in r.problems:
             out.append(f"{r.name}: INVALID: {problem}")
     starts = ", ".join(
-        f"{k.removesuffix('_startup_ms')} {v:.0f}ms" for k, v in info.items()
+        f"{k.removesuffix('_startup_ms')} {v:.0f}ms"
+        for k, v in info.items()
         if k.endswith("_startup_ms") and not math.isnan(v)
     )
     exits = ", ".join(
-        f"{k.removesuffix('_exit_ms')} {v:.0f}ms" for k, v in info.items()
+        f"{k.removesuffix('_exit_ms')} {v:.0f}ms"
+        for k, v in info.items()
         if k.endswith("_exit_ms") and not math.isnan(v)
     )
     out.append(f"spawn -> initialize + tools/list: {starts}; stdin EOF -> exit: {exits}")
@@ -771,12 +837,20 @@ def main(argv: list[str] | None = None) -> int:
         print(table(results))
         for line in notes(results, info):
             print(line)
-        print(
-            f"({profile.rounds} interleaved rounds x {profile.status_calls} calls per side; "
-            f"{profile.dispatch_samples} isolated dispatches per subject; coalescing window "
-            f"{WINDOW * 1000:.0f}ms; dispatch rows: baseline = when the hub recorded the "
-            f"transition; python {platform.python_version()}; {elapsed:.1f}s)"
-        )
+        parts = []
+        if "status" in only:
+            parts.append(
+                f"{profile.rounds} interleaved rounds x {profile.status_calls} calls per side; "
+                "ratio = median of per-round p50 ratios"
+            )
+        if "events" in only:
+            parts.append(
+                f"{profile.dispatch_samples} isolated dispatches per subject, "
+                f"{profile.bursts} bursts of {profile.burst_size}; coalescing window "
+                f"{WINDOW * 1000:.0f}ms; dispatch rows: baseline = when the hub recorded it"
+            )
+        parts.append(f"python {platform.python_version()}; {elapsed:.1f}s")
+        print(f"({'; '.join(parts)})")
     return 0 if all(r.valid for r in results) else 1
 
 

@@ -242,6 +242,7 @@ class Recorder:
         self.hub = hub
         self.arrived: dict[tuple[str, str], tuple[float, Envelope]] = {}
         self.counts: dict[str, int] = {}
+        self.failed: list[tuple[str, str, str]] = []  # runs that ended other than completed
         self._waiters: dict[tuple[str, str], anyio.Event] = {}
         self._count_waiter: tuple[str, int, anyio.Event] | None = None
 
@@ -253,12 +254,15 @@ class Recorder:
             key = (envelope.topic, run_id)
             self.arrived[key] = (t, envelope)
             self.counts[envelope.topic] = self.counts.get(envelope.topic, 0) + 1
+            status = getattr(msg, "status", "completed")
+            if envelope.topic == "runner.run_completed" and status != "completed":
+                self.failed.append((run_id, status, getattr(msg, "reason", "")))
             waiter = self._waiters.pop(key, None)
             if waiter is not None:
                 waiter.set()
             if self._count_waiter is not None:
                 topic, n, event = self._count_waiter
-                if self.counts.get(topic, 0) >= n:
+                if self.counts.get(topic, 0) >= n or self.failed:
                     event.set()
 
     async def wait(self, topic: str, run_id: str, timeout: float) -> tuple[float, Envelope]:
@@ -274,10 +278,12 @@ class Recorder:
     async def wait_count(self, topic: str, n: int, timeout: float) -> None:
         event = anyio.Event()
         self._count_waiter = (topic, n, event)
-        if self.counts.get(topic, 0) < n:
+        if self.counts.get(topic, 0) < n and not self.failed:
             with anyio.move_on_after(timeout):
                 await event.wait()
         self._count_waiter = None
+        if self.failed:
+            raise BenchError(f"{len(self.failed)} run(s) did not complete: {self.failed[:3]}")
         if self.counts.get(topic, 0) < n:
             raise BenchError(
                 f"{self.counts.get(topic, 0)} of {n} {topic} messages within {timeout:g}s"
@@ -287,6 +293,7 @@ class Recorder:
     def forget(self) -> None:
         self.arrived.clear()
         self.counts.clear()
+        self.failed.clear()
 
     def close(self) -> None:
         self.hub.bus.close_subscription(self.sub)
@@ -768,7 +775,6 @@ async def time_head(runner: Runner, agent: str, calls: int, expected: str | None
         samples.append((time.perf_counter_ns() - t0) / 1000)
         if (head.run_id if head else None) != expected:
             raise BenchError(f"_head picked {head.run_id if head else None}, expected {expected}")
-        runner._reasons.clear()
     return statistics.median(samples)
 
 
