@@ -5,9 +5,10 @@ it; a run dispatched from an MCP session has `origin.mcp_session` set. Such even
 that session only (when it is one of this server's); events without a session (fleet-wide
 channels, runs started from the CLI or by agents) go to every session of this server.
 
-Each session has a `Coalescer`: an event is sent at once, and events arriving within the
-next `window` seconds are held and sent as one coalesced event (its meta names the runs in
-`run_ids`, its content gives one status per run), so a burst never floods a session.
+Each session has a `Coalescer`, a token bucket: events are sent at once while its budget
+lasts (4, refilled at one per `window`); past that they are held and sent as one coalesced
+event when the window closes (its meta names the runs in `run_ids`, its content gives one
+status per run), so a burst never floods a session and a lone event is never delayed.
 """
 
 from __future__ import annotations
@@ -77,7 +78,9 @@ def coalesce(events: list[ChannelEvent]) -> ChannelEvent:
 
 
 class Coalescer:
-    """Sends one session's events: the first at once, a burst after it as one event."""
+    """Sends one session's events at once while its budget lasts (`burst` events, refilled
+    at one per `window`); past that, holds them and sends them as one coalesced event when
+    the window closes, so a burst never floods a session."""
 
     def __init__(
         self,
@@ -85,26 +88,41 @@ class Coalescer:
         task_group: anyio.abc.TaskGroup,
         *,
         window: float = 0.5,
+        burst: int = 4,
     ) -> None:
         self._send = send
         self._tg = task_group
         self.window = window
+        self.burst = burst
+        self._tokens = float(burst)
+        self._last = anyio.current_time()
         self._held: list[ChannelEvent] = []
-        self._quiet = True  # no send within the last window
+        self._flushing = False
+
+    def _refill(self) -> None:
+        now = anyio.current_time()
+        if self.window > 0:
+            self._tokens = min(self.burst, self._tokens + (now - self._last) / self.window)
+        else:
+            self._tokens = float(self.burst)
+        self._last = now
 
     async def push(self, event: ChannelEvent) -> None:
-        if self._quiet:
-            self._quiet = False
-            await self._send(event)
-            self._tg.start_soon(self._after_window)
-        else:
-            self._held.append(event)
-
-    async def _after_window(self) -> None:
-        await anyio.sleep(self.window)
         if not self._held:
-            self._quiet = True
-            return
+            self._refill()
+            if self._tokens >= 1:
+                self._tokens -= 1
+                await self._send(event)
+                return
+        self._held.append(event)
+        if not self._flushing:
+            self._flushing = True
+            self._tg.start_soon(self._flush_later)
+
+    async def _flush_later(self) -> None:
+        await anyio.sleep(self.window)
         held, self._held = self._held, []
+        self._flushing = False
+        self._refill()
+        self._tokens = max(0.0, self._tokens - 1)
         await self._send(coalesce(held))
-        self._tg.start_soon(self._after_window)

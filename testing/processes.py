@@ -61,15 +61,23 @@ def kill_group(pgid: int) -> None:
         os.killpg(pgid, signal.SIGKILL)
 
 
+def run_pid(path: Path) -> int | None:
+    """The pid in a run's pid file (its first word; the rest is the wrapper's stat line)."""
+    try:
+        return int(path.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def reap_runs(home: Path) -> None:
     """Kill what is left of every run of `home` (by the pids its wrapper recorded), checking
     that each pid still belongs to that run before signalling it."""
     for pid_file in (home / "runs").glob("*/pid"):
+        pid = run_pid(pid_file)
         try:
-            pid = int(pid_file.read_text().strip())
-            if str(pid_file.parent) in " ".join(psutil.Process(pid).cmdline()):
+            if pid is not None and str(pid_file.parent) in " ".join(psutil.Process(pid).cmdline()):
                 kill_group(pid)
-        except (OSError, ValueError, psutil.Error):
+        except psutil.Error:
             continue
 
 

@@ -25,7 +25,6 @@ from typing import Any
 
 import anyio
 import httpx2
-import psutil
 import pytest
 from mcp import ClientSession
 from mcp.client import NotificationBinding
@@ -34,7 +33,7 @@ from pydantic import BaseModel
 
 from fleetbus.bus.paths import Home
 from fleetbus.testing.hub import cli_command
-from fleetbus.testing.processes import one_line_error
+from fleetbus.testing.processes import one_line_error, reap_runs
 
 pytestmark = pytest.mark.anyio
 
@@ -145,13 +144,7 @@ def config_env(home: Path, env: dict[str, str]) -> Iterator[dict[str, str]]:
     config.write_text(CONFIG)
     env["FLEETBUS_CONFIG"] = str(config)
     yield env
-    for pid_file in (home / "runs").glob("*/pid"):  # agents a failed test left running
-        try:
-            pid = int(pid_file.read_text().strip())
-            if str(pid_file.parent) in " ".join(psutil.Process(pid).cmdline()):
-                os.killpg(pid, signal.SIGKILL)
-        except (OSError, ValueError, psutil.Error):
-            continue
+    reap_runs(home)  # agents a failed test left running
 
 
 # -- auth and transport security --------------------------------------------------------------

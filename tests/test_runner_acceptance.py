@@ -27,7 +27,7 @@ from fleetbus.bus.errors import BusError
 from fleetbus.bus.lock import read_pid
 from fleetbus.bus.paths import Home
 from fleetbus.testing.hub import cli_command
-from fleetbus.testing.processes import alive, live_groups, one_line_error, wait_for
+from fleetbus.testing.processes import alive, live_groups, one_line_error, run_pid, wait_for
 
 Cli = Callable[..., subprocess.CompletedProcess[str]]
 DEADLINE = 30.0
@@ -128,7 +128,7 @@ def user(home: Path, env: dict[str, str], cli: Cli) -> Iterator[Cli]:
     config.write_text(CONFIG)
     env["FLEETBUS_CONFIG"] = str(config)  # the `cli` fixture shares this dict
     yield cli
-    runs = {pid for f in (home / "runs").glob("*/pid") if (pid := read_int(f)) is not None}
+    runs = {pid for f in (home / "runs").glob("*/pid") if (pid := run_pid(f)) is not None}
     groups = runs & live_groups()
     for pgid in groups:
         with contextlib.suppress(ProcessLookupError, PermissionError):

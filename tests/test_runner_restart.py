@@ -33,7 +33,14 @@ from fleetbus.bus.client import HubClient
 from fleetbus.bus.errors import BusError
 from fleetbus.bus.lock import read_pid
 from fleetbus.bus.paths import Home
-from fleetbus.testing.processes import alive, group_members, kill_group, live_groups, wait_for
+from fleetbus.testing.processes import (
+    alive,
+    group_members,
+    kill_group,
+    live_groups,
+    run_pid,
+    wait_for,
+)
 
 Cli = Callable[..., subprocess.CompletedProcess[str]]
 DEADLINE = 30.0
@@ -234,7 +241,7 @@ class Watcher:
 def _agents_ended(home: Path) -> Iterator[None]:
     """After the test: no process of any run of this home is left (killed by group)."""
     yield
-    runs = {pid for f in (home / "runs").glob("*/pid") if (pid := read_int(f)) is not None}
+    runs = {pid for f in (home / "runs").glob("*/pid") if (pid := run_pid(f)) is not None}
     groups = runs & live_groups()
     for pgid in groups:
         kill_group(pgid)
@@ -419,15 +426,11 @@ def test_live_pid_of_another_process_is_not_adopted(cli: Cli, home: Path) -> Non
     # a process that is alive but is not the run: the pid was reused after a reboot, say
     stranger = subprocess.Popen(["sleep", "30"], start_new_session=True, stdin=subprocess.DEVNULL)
     try:
-        row = db_rows(home, "SELECT status, pid, proc_start FROM runs WHERE id = ?", rid)[0]
-        assert (row["status"], row["pid"]) == ("running", real), row
-        db_write(
-            home,
-            "UPDATE runs SET pid = ?, proc_start = ? WHERE id = ?",
-            stranger.pid,
-            row["proc_start"] - 3600,
-            rid,
-        )
+        pid_file = run_dir(home, rid) / "pid"
+        recorded = pid_file.read_text()
+        assert recorded.split()[0] == str(real)
+        # the pid file now names the stranger, with the real run's start time
+        pid_file.write_text(f"{stranger.pid} {recorded.partition(' ')[2]}")
         # let the real run end while the hub is down: its exit file says how
         exit_file = run_dir(home, rid) / "exit"
         assert wait_for(lambda: read_int(exit_file) is not None)
@@ -477,30 +480,29 @@ def test_hub_stop_leaves_runs_going_and_the_next_hub_records_them(cli: Cli, home
     assert "fake agent done" in Path(got["log"]).read_text()
 
 
-# -- a crash between spawn and the claim's commit --------------------------------------------
-def test_run_spawned_but_not_yet_recorded_is_not_started_again(cli: Cli, home: Path) -> None:
-    """`Runner._start` spawns the process, then commits status running + pid + run_dir. A
-    hub that dies between the two leaves a `queued` row whose process runs (and whose run
-    directory holds the wrapper's `pid` file). The next hub must not start it a second time."""
+# -- a crash between the claim's commit and the spawn ----------------------------------------
+def test_a_claimed_run_whose_agent_never_started_runs_once(cli: Cli, home: Path) -> None:
+    """A run is claimed (committed as running) before its process is spawned, and the
+    wrapper writes its pid file before the agent starts. A hub that dies between the two
+    leaves a running row with no pid file: the agent never ran, so the next hub queues it
+    again and it runs exactly once."""
     name = "restart/app/window"
     start_hub(cli, home)
-    run = call(home, "runner.dispatch", fake("append starts.log started; sleep 2", name))
+    call(home, "runner.stop")  # keep it queued while the crash is staged
+    run = call(home, "runner.dispatch", fake("append starts.log started", name))
     rid = run["run_id"]
-    pid = wait_status(home, rid, lambda r: r["pid"] is not None)["pid"]
-    assert wait_for(lambda: lines(workspace_dir(home, name) / "starts.log"))
-    sigkill_hub(home)
-    # the row as the crash leaves it: the claim never committed
+    assert run["status"] == "queued", run
+    stop_hub_cli(cli, home)
+    # the row as the crash leaves it: claimed, but nothing was spawned
     db_write(
         home,
-        "UPDATE runs SET status = 'queued', pid = NULL, proc_start = NULL, run_dir = NULL, "
-        "started_at = NULL WHERE id = ?",
+        "UPDATE runs SET status = 'running', started_at = created_at, run_dir = ? WHERE id = ?",
+        str(run_dir(home, rid)),
         rid,
     )
-    assert read_int(run_dir(home, rid) / "pid") == pid and alive(pid)
+    assert not (run_dir(home, rid) / "pid").exists()
 
-    cli_json(cli, "call", "runner.status", "{}")
+    cli_json(cli, "call", "runner.status", "{}")  # a new hub, not frozen
     got = wait_status(home, rid, lambda r: r["status"] not in ("queued", "running"))
-    assert lines(workspace_dir(home, name) / "starts.log") == ["started"], (
-        "the run was started a second time"
-    )
     assert (got["status"], got["exit_code"]) == ("completed", 0), got
+    assert lines(workspace_dir(home, name) / "starts.log") == ["started"]

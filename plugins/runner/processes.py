@@ -18,10 +18,11 @@ import anyio
 import psutil
 
 SHELL = "/bin/sh"
-# $1 run dir, $2 working directory, then the agent's argv. A TERM/INT trap (not an
+# $1 run dir, $2 working directory, then the agent's argv. The pid file holds the
+# wrapper's pid and its /proc stat line (whose start time guards against pid reuse). A TERM/INT trap (not an
 # ignore, which the agent would inherit) lets the wrapper outlive the signal that ends
 # the agent, so it can still write the exit code.
-WRAPPER = r"""d=$1; echo $$ > "$d/pid"
+WRAPPER = r"""d=$1; s=; read -r s < /proc/$$/stat 2>/dev/null; echo "$$ $s" > "$d/pid"
 cd -- "$2" || { echo "fleetbus: cannot enter workspace $2" >&2; echo 126 > "$d/exit"; exit 126; }
 shift 2
 trap ': ' TERM INT HUP
@@ -139,6 +140,21 @@ def group_alive(pgid: int) -> bool:
             if os.getpgid(proc.pid) == pgid and proc.status() != psutil.STATUS_ZOMBIE:
                 return True
     return False
+
+
+def read_pid_file(path: Path) -> tuple[int | None, float | None]:
+    """(pid, start time in clock ticks or None) from a run's pid file."""
+    try:
+        text = path.read_text().strip()
+        pid_text, _, stat = text.partition(" ")
+        pid = int(pid_text)
+    except (OSError, ValueError):
+        return None, None
+    try:
+        fields = stat.rsplit(")", 1)[1].split()
+        return pid, float(fields[19])
+    except (IndexError, ValueError):
+        return pid, None
 
 
 def read_int(path: Path) -> int | None:

@@ -70,7 +70,6 @@ log = logging.getLogger("fleetbus.runner")
 
 PASSED_ENV = ("PATH", "LANG", "LC_ALL", "TZ", "TMPDIR")
 MAX_ARG_PROMPT = 100 * 1024  # Linux caps one argument at 128 KiB
-HEAD_PAGE = 64
 STATUS_CHANNEL = "agent.status"
 FLEET_CHANNEL = "fleet"
 
@@ -168,15 +167,12 @@ class Runner:
         self.active: dict[str, Active] = {}
         self.session_active: Counter[str] = Counter()
         self.queued_by_agent: Counter[str] = Counter()
+        self.queued_by_workspace: Counter[str] = Counter()
         self.lock = anyio.Lock()
         self.poked = anyio.Event()
         self.wake_at: float | None = None
         self._loop_deadline = 0.0
         self._had_queue = False
-        self._reasons: dict[str, str] = {}  # why queued runs wait, from the last drain
-        self._agent_reasons: dict[str, str] = {}  # why a whole agent's queue waits
-        self._new_reasons: dict[str, str] = {}
-        self._new_agent_reasons: dict[str, str] = {}
 
     # -- helpers -----------------------------------------------------------------------------
     def now(self) -> float:
@@ -204,33 +200,19 @@ class Runner:
 
         def load(
             db: Any,
-        ) -> tuple[
-            list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]
-        ]:
+        ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
             running = [dict(r) for r in db.execute("SELECT * FROM runs WHERE status = 'running'")]
-            # a run spawned just before the previous hub died may still say queued: its
-            # wrapper wrote runs/<id>/pid before the agent started
-            spawned = [p.parent.name for p in self.runs_dir.glob("*/pid")]
-            queued_spawned: list[dict[str, Any]] = []
-            for i in range(0, len(spawned), 500):
-                chunk = spawned[i : i + 500]
-                marks = ",".join("?" * len(chunk))
-                queued_spawned += [
-                    dict(r)
-                    for r in db.execute(
-                        f"SELECT * FROM runs WHERE status = 'queued' AND id IN ({marks})", chunk
-                    )
-                ]
             counts = [
                 dict(r)
                 for r in db.execute(
-                    "SELECT agent, count(*) AS n FROM runs WHERE status = 'queued' GROUP BY agent"
+                    "SELECT agent, workspace, count(*) AS n FROM runs WHERE status = 'queued' "
+                    "GROUP BY agent, workspace"
                 )
             ]
             pools = [dict(r) for r in db.execute("SELECT * FROM pools")]
-            return running, queued_spawned, counts, pools
+            return running, counts, pools
 
-        running, queued_spawned, counts, pools = await self.store.read(load)
+        running, counts, pools = await self.store.read(load)
         for row in pools:
             pool = self.pools.get(row["pool"])
             if pool is not None:
@@ -248,8 +230,9 @@ class Runner:
             pool.started_today, pool.last_start = await self.store.read(count)
             pool.counted_from = since
         for row in counts:
-            self.queued_by_agent[row["agent"]] = row["n"]
-        for row in running + queued_spawned:
+            self.queued_by_agent[row["agent"]] += row["n"]
+            self.queued_by_workspace[row["workspace"]] += row["n"]
+        for row in running:
             await self._recover(row)
         self._had_queue = self.queued_total > 0
         self.hub.task_group.start_soon(self._loop, name="runner loop")
@@ -258,22 +241,23 @@ class Runner:
     async def _recover(self, row: dict[str, Any]) -> None:
         """A run the previous hub left running: adopt it, or settle how it ended."""
         run_dir = Path(row["run_dir"]) if row["run_dir"] else self.runs_dir / row["id"]
-        pid = row["pid"] or processes.read_int(run_dir / "pid")
-        if row["status"] == "queued" and pid is None:
-            return  # spawned-but-unrecorded is impossible without a pid file: it never ran
-        proc_start = row["proc_start"]
-        if pid is not None and proc_start is None:
-            # without a recorded start, the pid file's age guards against pid reuse
-            pid_file = run_dir / "pid"
-            created = processes.created_at(pid)
-            if (
-                created is not None
-                and pid_file.exists()
-                and abs(created - pid_file.stat().st_mtime) <= 5
-            ):
-                proc_start = processes.start_time(pid)
-        if row["status"] == "queued":
-            self.queued_by_agent[row["agent"]] -= 1
+        pid, proc_start = row["pid"], row["proc_start"]
+        if pid is None:
+            pid, proc_start = processes.read_pid_file(run_dir / "pid")
+        if pid is None and not (run_dir / "exit").exists():
+            # claimed, but the wrapper never started (it writes its pid before the agent
+            # runs): the agent never ran, so the run goes back to the queue
+            def requeue(tx: Tx) -> None:
+                tx.execute(
+                    "UPDATE runs SET status = 'queued', started_at = NULL, run_dir = NULL WHERE id = ?",
+                    [row["id"]],
+                )
+
+            await self.store.write(requeue)
+            self.queued_by_agent[row["agent"]] += 1
+            self.queued_by_workspace[row["workspace"]] += 1
+            log.info("run %s never started before the hub stopped: queued again", row["id"])
+            return
         if pid is not None and proc_start is not None and processes.same_process(pid, proc_start):
             active = Active(
                 run_id=row["id"],
@@ -378,14 +362,11 @@ class Runner:
             if req.idempotency_key is not None:
                 existing = await self.store.read(
                     lambda db: db.execute(
-                        "SELECT id, status, reason FROM runs WHERE idempotency_key = ?",
-                        [req.idempotency_key],
+                        "SELECT * FROM runs WHERE idempotency_key = ?", [req.idempotency_key]
                     ).fetchone()
                 )
                 if existing is not None:
-                    return await self._result(
-                        existing["id"], existing["status"], existing["reason"]
-                    )
+                    return await self._result(dict(existing))
             try:
                 resolve(name, self.root, create=True)
             except BadWorkspace as e:
@@ -397,12 +378,23 @@ class Runner:
             now = self.now()
             base = self._new_row(req, ctx, name, model, mode, timeout_s, now)
             busy = self.session_active[name] >= self.session.max_concurrent
-            queued_here = await self._session_queue(name)
             if mode == "interrupt":
                 await self._interrupt(name, ctx)
-                busy = False
-                queued_here = []
-            elif (busy or queued_here) and queued_here and self.session.debounce_ms > 0:
+            if (
+                not busy
+                and not self.frozen
+                and self.queued_total == 0
+                and self.lanes.blocker(req.agent, model) is None
+                and self.pools[req.agent].blocker(now) is None
+            ):
+                # the fast path: nothing waits ahead of it, so it starts now (one commit)
+                row = await self._insert(
+                    base, status="running", reason="", started_at=now, claimed=True
+                )
+                await self._launch(row, now)
+                return await self._result(row)
+            queued_here = await self._session_queue(name) if self.queued_by_workspace[name] else []
+            if queued_here and self.session.debounce_ms > 0 and mode != "interrupt":
                 last = queued_here[-1]
                 window = self.session.debounce_ms / 1000
                 merged = len(last["prompt"].encode()) + 2 + len(req.prompt.encode())
@@ -419,15 +411,15 @@ class Runner:
                     return await self._merge(
                         last, req.prompt, PRIORITIES[req.priority], now + window
                     )
-            if queued_here and len(queued_here) >= self.session.cap and mode != "interrupt":
+            if len(queued_here) >= self.session.cap:
                 if self.session.drop == "new":
-                    run_id = await self._insert(
+                    row = await self._insert(
                         base,
                         status="cancelled",
                         reason=f"refused: the session queue of {name} is full ({self.session.cap} waiting; drop new)",
                     )
                     return DispatchResult(
-                        run_id=run_id,
+                        run_id=row["id"],
                         status="cancelled",
                         reason=f"session queue full ({self.session.cap})",
                     )
@@ -435,30 +427,22 @@ class Runner:
                     [queued_here[0]["id"]],
                     f"dropped: the session queue of {name} was full ({self.session.cap} waiting; drop old)",
                 )
-            previous = None
-            if mode == "followup":
-                previous = await self._previous_run(name)
-            not_before = now + self.session.debounce_ms / 1000 if (busy or queued_here) else 0.0
-            run_id = await self._insert(
+            previous = await self._previous_run(name) if mode == "followup" else None
+            waiting = busy or bool(queued_here)
+            row = await self._insert(
                 base,
                 status="queued",
-                reason="session busy" if busy or queued_here else "",
-                not_before=not_before,
+                reason="session busy" if waiting else "",
+                not_before=now + self.session.debounce_ms / 1000 if waiting else 0.0,
                 previous_run=previous,
             )
-            self.queued_by_agent[req.agent] += 1
             await self._drain()
-            row = await self.store.read(
-                lambda db: db.execute(
-                    "SELECT id, status, reason FROM runs WHERE id = ?", [run_id]
-                ).fetchone()
-            )
-            result = await self._result(row["id"], row["status"], row["reason"])
+            result = await self._result(row)
             if result.status == "queued":
                 self._had_queue = True  # "queue drained" is news once this one starts
                 self.hub.bus.publish(
                     RunQueued(
-                        run_id=run_id,
+                        run_id=row["id"],
                         workspace=name,
                         agent=req.agent,
                         model=model,
@@ -469,39 +453,54 @@ class Runner:
                 )
             return result
 
-    async def _result(self, run_id: str, status: str, reason: str) -> DispatchResult:
-        position = None
-        if status == "queued":
+    async def _result(self, row: dict[str, Any]) -> DispatchResult:
+        """What dispatch answers about `row`: its status, why it waits and its place."""
+        status = "running" if row["id"] in self.active else row["status"]
+        if status != "queued":
+            return DispatchResult.model_validate(
+                {
+                    "run_id": row["id"],
+                    "status": status,
+                    "reason": row["reason"] if status != "running" else "",
+                }
+            )
+        priority, seq = row["priority"], row["seq"]
 
-            def pos(db: Any) -> tuple[int, str]:
-                row = db.execute(
-                    "SELECT priority, seq, agent FROM runs WHERE id = ?", [run_id]
-                ).fetchone()
-                ahead = db.execute(
-                    "SELECT count(*) FROM runs WHERE status = 'queued' AND (priority < ? OR (priority = ? AND seq < ?))",
-                    [row[0], row[0], row[1]],
-                ).fetchone()[0]
-                return 1 + int(ahead), str(row[2])
+        def position(db: Any) -> int:
+            # two range counts on the (status, priority, seq) index, not one OR over all
+            before = db.execute(
+                "SELECT count(*) FROM runs WHERE status = 'queued' AND priority < ?", [priority]
+            ).fetchone()[0]
+            same = db.execute(
+                "SELECT count(*) FROM runs WHERE status = 'queued' AND priority = ? AND seq < ?",
+                [priority, seq],
+            ).fetchone()[0]
+            return 1 + int(before) + int(same)
 
-            position, agent = await self.store.read(pos)
-            reason = self._why_queued(run_id, agent) or reason or "waiting for earlier runs"
         return DispatchResult(
-            run_id=run_id,
-            status=status,
-            reason=reason if status != "running" else "",
-            queue_position=position,
+            run_id=row["id"],
+            status="queued",
+            reason=self.why_queued(row),
+            queue_position=await self.store.read(position),
         )
 
-    def _why_queued(self, run_id: str, agent: str) -> str:
-        """Why a queued run waits, as the last drain saw it."""
+    def why_queued(self, row: dict[str, Any]) -> str:
+        """Why a queued run waits, in words, from the runner's live state."""
         if self.frozen:
             return "frozen"
-        return (
-            self._reasons.get(run_id)
-            or self._agent_reasons.get(agent)
-            or self._agent_reasons.get("*")
-            or ""
-        )
+        if self.session_active[row["workspace"]] >= self.session.max_concurrent:
+            return "session busy"
+        now = self.now()
+        if (row.get("not_before") or 0) > now:
+            return "debounce: waiting for more prompts"
+        lane = self.lanes.blocker(row["agent"], row.get("model"))
+        if lane is not None:
+            return lane
+        pool = self.pools.get(row["agent"])
+        blocked = pool.blocker(now) if pool is not None else None
+        if blocked is not None:
+            return blocked[0]
+        return "waiting for earlier runs"
 
     async def _session_queue(self, workspace: str) -> list[dict[str, Any]]:
         def q(db: Any) -> list[dict[str, Any]]:
@@ -521,15 +520,16 @@ class Runner:
     ) -> DispatchResult:
         """Append a prompt to the workspace's waiting run; the more urgent priority wins."""
 
-        def merge(tx: Tx) -> None:
-            tx.execute(
-                "UPDATE runs SET prompt = prompt || ? || ?, not_before = ?, priority = min(priority, ?) "
-                "WHERE id = ?",
-                ["\n\n", prompt, not_before, priority, last["id"]],
+        def merge(tx: Tx) -> dict[str, Any]:
+            return dict(
+                tx.execute(
+                    "UPDATE runs SET prompt = prompt || ? || ?, not_before = ?, "
+                    "priority = min(priority, ?) WHERE id = ? RETURNING *",
+                    ["\n\n", prompt, not_before, priority, last["id"]],
+                ).fetchone()
             )
 
-        await self.store.write(merge)
-        result = await self._result(last["id"], "queued", "session busy")
+        result = await self._result(await self.store.write(merge))
         result.reason = f"merged into the waiting run {last['id']} (debounce); {result.reason}"
         return result
 
@@ -569,18 +569,32 @@ class Runner:
             "created_at": now,
         }
 
-    async def _insert(self, base: dict[str, Any], **columns: Any) -> str:
-        """Insert a run from `base` plus `columns` (status, reason, not_before, previous_run)."""
+    async def _insert(
+        self, base: dict[str, Any], *, claimed: bool = False, **columns: Any
+    ) -> dict[str, Any]:
+        """Insert a run from `base` plus `columns`; returns the row with its `seq`.
+
+        `claimed` marks a run inserted already running (it gets its run directory).
+        """
         run_id = new_run_id()
         row = {"id": run_id, **base, **columns}
         if row["status"] in ENDED:
             row["ended_at"] = row["created_at"]
+        if claimed:
+            row["run_dir"] = str(self.runs_dir / run_id)
 
-        def insert(tx: Tx) -> None:
-            tx.db.table("runs").insert(row)
+        def insert(tx: Tx) -> int:
+            cursor = tx.execute(
+                f"INSERT INTO runs ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})",
+                list(row.values()),
+            )
+            return int(cursor.lastrowid or 0)
 
-        await self.store.write(insert)
-        return run_id
+        row["seq"] = await self.store.write(insert)
+        if row["status"] == "queued":
+            self.queued_by_agent[row["agent"]] += 1
+            self.queued_by_workspace[row["workspace"]] += 1
+        return row
 
     async def _interrupt(self, workspace: str, ctx: Context) -> None:
         """Cancel the workspace's active runs and its waiting prompts (a new one replaces them)."""
@@ -608,40 +622,19 @@ class Runner:
                 await self._drain()
 
     async def _drain(self) -> None:
-        """Start queued runs while lanes allow: highest priority first, then oldest.
-
-        Why each examined run waits is collected aside and published when the drain ends,
-        so `runner.status` never reads a half-built picture.
-        """
-        self._new_reasons, self._new_agent_reasons = {}, {}
-        try:
-            await self._drain_now()
-        finally:
-            self._reasons, self._agent_reasons = self._new_reasons, self._new_agent_reasons
-
-    async def _drain_now(self) -> None:
+        """Start queued runs while lanes allow: highest priority first, then oldest."""
         self.wake_at = None
         if self.frozen:
             return
         started = 0
-        while True:
-            if self.lanes.running_total >= self.lanes.total:
-                self._new_agent_reasons.setdefault(
-                    "*", f"lane full: total {self.lanes.running_total}/{self.lanes.total}"
-                )
-                break
+        while self.lanes.running_total < self.lanes.total:
             now = self.now()
             best: Head | None = None
             for agent in [a for a, n in self.queued_by_agent.items() if n > 0]:
-                if agent not in self.agents:
-                    continue
-                lane = self.lanes.blocker(agent, None)
-                if lane is not None:
-                    self._new_agent_reasons[agent] = lane
+                if agent not in self.agents or self.lanes.blocker(agent, None) is not None:
                     continue
                 blocked = self.pools[agent].blocker(now)
                 if blocked is not None:
-                    self._new_agent_reasons[agent] = blocked[0]
                     self._wake(blocked[1])
                     continue
                 head = await self._head(agent, now)
@@ -674,128 +667,135 @@ class Runner:
             self.poked.set()
 
     async def _head(self, agent: str, now: float) -> Head | None:
-        """The first queued run of `agent` that may start now (indexed, paged)."""
-        offset = 0
-        while True:
+        """The first queued run of `agent` that may start now: one indexed query that
+        skips busy workspaces, full model lanes and runs still in their debounce."""
+        busy = [w for w, n in self.session_active.items() if n >= self.session.max_concurrent]
+        full = [
+            m
+            for (a, m), n in self.lanes.by_model.items()
+            if a == agent and self.lanes.blocker(agent, m) is not None and n > 0
+        ]
+        sql = (
+            "SELECT id, seq, priority, model, workspace FROM runs "
+            "WHERE status = 'queued' AND agent = ? AND not_before <= ?"
+        )
+        params: list[Any] = [agent, now]
+        if busy:
+            sql += f" AND workspace NOT IN ({','.join('?' * len(busy))})"
+            params += busy
+        if full:
+            sql += f" AND (model IS NULL OR model NOT IN ({','.join('?' * len(full))}))"
+            params += full
+        sql += " ORDER BY priority, seq LIMIT 1"
 
-            def page(db: Any, offset: int = offset) -> list[Any]:
-                return list(
-                    db.execute(
-                        "SELECT id, seq, priority, model, workspace, not_before FROM runs "
-                        "WHERE status = 'queued' AND agent = ? ORDER BY priority, seq LIMIT ? OFFSET ?",
-                        [agent, HEAD_PAGE, offset],
-                    )
-                )
+        def head(db: Any) -> tuple[Any, Any]:
+            row = db.execute(sql, params).fetchone()
+            later = None
+            if row is None:  # anything in its debounce window? then look again when it ends
+                later = db.execute(
+                    "SELECT min(not_before) FROM runs WHERE status = 'queued' AND agent = ? AND not_before > ?",
+                    [agent, now],
+                ).fetchone()[0]
+            return row, later
 
-            rows = await self.store.read(page)
-            for r in rows:
-                if self.session_active[r["workspace"]] >= self.session.max_concurrent:
-                    self._new_reasons.setdefault(r["id"], "session busy")
-                    continue
-                if r["not_before"] > now:
-                    self._new_reasons.setdefault(r["id"], "debounce: waiting for more prompts")
-                    self._wake(r["not_before"])
-                    continue
-                lane = self.lanes.blocker(agent, r["model"])
-                if lane is not None:
-                    self._new_reasons.setdefault(r["id"], lane)
-                    continue
-                return Head(r["id"], r["seq"], r["priority"], agent, r["model"], r["workspace"])
-            if len(rows) < HEAD_PAGE:
-                return None
-            offset += HEAD_PAGE
+        row, later = await self.store.read(head)
+        if later is not None:
+            self._wake(later)
+        if row is None:
+            return None
+        return Head(row["id"], row["seq"], row["priority"], agent, row["model"], row["workspace"])
 
     async def _start(self, head: Head) -> None:
-        """Spawn a queued run's process and record it as running."""
-        row = await self.store.read(
-            lambda db: dict(db.execute("SELECT * FROM runs WHERE id = ?", [head.run_id]).fetchone())
-        )
-        spec = self.agents[head.agent]
-        run_dir = self.runs_dir / head.run_id
+        """Claim a queued run (committed before anything is spawned), then launch it."""
+        now = self.now()
+        run_dir = str(self.runs_dir / head.run_id)
+
+        def claim(tx: Tx) -> dict[str, Any]:
+            return dict(
+                tx.execute(
+                    "UPDATE runs SET status = 'running', reason = '', started_at = ?, run_dir = ? "
+                    "WHERE id = ? RETURNING *",
+                    [now, run_dir, head.run_id],
+                ).fetchone()
+            )
+
+        row = await self.store.write(claim)
+        self.queued_by_agent[head.agent] -= 1
+        self.queued_by_workspace[head.workspace] -= 1
+        await self._launch(row, now)
+
+    async def _launch(self, row: dict[str, Any], now: float) -> None:
+        """Spawn a claimed run's process and start supervising it.
+
+        The row already says running: if the hub dies before the wrapper writes its pid
+        file, the next hub knows the agent never started and queues the run again.
+        """
+        run_id, agent = row["id"], row["agent"]
+        spec = self.agents[agent]
+        run_dir = Path(row["run_dir"])
         run_dir.mkdir(parents=True, exist_ok=True)
-        log_path = run_dir / "output.log"
-        workspace = resolve(head.workspace, self.root, create=True)
+        workspace = self.root / row["workspace"]
         prompt = row["prompt"]
         env = {k: v for k, v in self.hub.env.items() if k in PASSED_ENV or k in spec.env}
         env.update(
-            FLEETBUS_RUN_ID=head.run_id,
+            FLEETBUS_RUN_ID=run_id,
             FLEETBUS_SOCKET=str(self.hub.socket_path),
             FLEETBUS_HOME=str(self.hub.home.root),
             FLEETBUS_WORKSPACE=str(workspace),
         )
-        if row["previous_run"]:
+        if row.get("previous_run"):
             env["FLEETBUS_PREVIOUS_RUN_ID"] = row["previous_run"]
             prompt = await self._followup_prompt(row["previous_run"], prompt)
         prompt_file = run_dir / "prompt.txt"
-        if spec.prompt != "arg":
-            prompt_file.write_text(prompt)
-        argv = spec.render(
-            prompt if spec.prompt == "arg" else None,
-            str(prompt_file) if spec.prompt == "file" else None,
-            str(workspace),
-            head.model,
-            sys.executable,
-        )
-        now = self.now()
         try:
+            if spec.prompt != "arg":
+                prompt_file.write_text(prompt)
+            resolve(row["workspace"], self.root, create=True)
+            argv = spec.render(
+                prompt if spec.prompt == "arg" else None,
+                str(prompt_file) if spec.prompt == "file" else None,
+                str(workspace),
+                row["model"],
+                sys.executable,
+            )
             pid = processes.spawn(
                 argv,
                 cwd=workspace,
                 env=env,
                 run_dir=run_dir,
-                log=log_path,
+                log=run_dir / "output.log",
                 stdin=prompt_file if spec.prompt == "stdin" else None,
             )
         except (OSError, ValueError) as e:
-            self.queued_by_agent[head.agent] -= 1
-            await self._write_end(
-                row,
-                "failed",
-                f"could not start: {getattr(e, 'strerror', None) or e}",
-                None,
-                now,
-                None,
-            )
+            reason = f"could not start: {getattr(e, 'strerror', None) or e}"
+            await self._write_end(row, "failed", reason, None, now, None)
             return
-        proc_start = processes.start_time(pid)
         active = Active(
-            run_id=head.run_id,
-            workspace=head.workspace,
-            agent=head.agent,
-            model=head.model,
+            run_id=run_id,
+            workspace=row["workspace"],
+            agent=agent,
+            model=row["model"],
             pid=pid,
             started_at=now,
             timeout_s=row["timeout_s"],
             run_dir=run_dir,
             origin=json.loads(row["origin"] or "{}"),
             child=True,
-            proc_start=proc_start,
         )
-        self.queued_by_agent[head.agent] -= 1
         self._track(active)
-        self.pools[head.agent].started(now)
+        self.pools[agent].started(now)
         ctx = self._context(active)
-        started = RunStarted(
-            run_id=head.run_id,
-            workspace=head.workspace,
-            agent=head.agent,
-            model=head.model,
-            pid=pid,
+        self.hub.bus.publish(
+            RunStarted(
+                run_id=run_id, workspace=active.workspace, agent=agent, model=active.model, pid=pid
+            ),
+            ctx,
         )
-        channel = self._channel(
-            active, "running", f"{head.agent} started {head.workspace} (run {head.run_id})"
+        self.hub.bus.publish(
+            self._channel(active, "running", f"{agent} started {active.workspace} (run {run_id})"),
+            ctx,
         )
-
-        def claim(tx: Tx) -> None:
-            tx.execute(
-                "UPDATE runs SET status = 'running', reason = '', started_at = ?, pid = ?, proc_start = ?, run_dir = ? WHERE id = ?",
-                [now, pid, proc_start, str(run_dir), head.run_id],
-            )
-            tx.publish(started, ctx)
-            tx.publish(channel, ctx)
-
-        await self.store.write(claim)
-        self.hub.task_group.start_soon(self._supervise, active, name=f"run {head.run_id}")
+        self.hub.task_group.start_soon(self._supervise, active, name=f"run {run_id}")
 
     async def _followup_prompt(self, previous: str, prompt: str) -> str:
         row = await self.store.read(
@@ -1040,6 +1040,7 @@ class Runner:
         rows = await self.store.write(cancel)
         for r in rows:
             self.queued_by_agent[r["agent"]] -= 1
+            self.queued_by_workspace[r["workspace"]] -= 1
             ref = RunRef.of(r)
             for message in self._end_messages(ref, "cancelled", reason, None, None, now):
                 self.hub.bus.publish(message, self._context(ref))
@@ -1158,7 +1159,7 @@ class Runner:
             rows = [
                 dict(r)
                 for r in db.execute(
-                    f"SELECT id, workspace, agent, model, priority, status, reason, pid, created_at, started_at, "
+                    f"SELECT id, workspace, agent, model, priority, status, reason, pid, created_at, not_before, started_at, "
                     f"ended_at, exit_code, run_dir, usage FROM runs WHERE {where} ORDER BY seq DESC LIMIT ?",
                     [*params, req.limit],
                 )
@@ -1177,9 +1178,7 @@ class Runner:
                     model=r["model"],
                     priority=PRIORITY_NAMES[r["priority"]],
                     status=r["status"],
-                    reason=r["reason"]
-                    if r["status"] != "queued"
-                    else (self._why_queued(r["id"], r["agent"]) or r["reason"]),
+                    reason=self.why_queued(r) if r["status"] == "queued" else r["reason"],
                     pid=active.pid if active else r["pid"],
                     created_at=r["created_at"],
                     started_at=r["started_at"],

@@ -28,7 +28,8 @@ running the hub in-process ("embedded").
    "fleetbus - reference" is the time spent getting the event to the client.
    For information, bursts of back-to-back dispatches to an idle session (no event for
    four windows) show the coalescing: the first event goes out at once, the rest wait for
-   the window to close and come as one event.
+   the window to close and come as one event (one status per run, so some runs of a burst
+   are never announced `running`).
 
 Timings are reported, never asserted; the exit status is 1 only when a correctness check
 fails (an error result, a wrong payload, a missing event, a run that did not complete, a
@@ -263,7 +264,13 @@ class Side:
 
     async def call(self, tool: str, arguments: dict[str, Any]) -> Any:
         assert self.session is not None
-        res = await self.session.call_tool(tool, arguments)
+        try:
+            with anyio.fail_after(CALL_TIMEOUT):
+                res = await self.session.call_tool(tool, arguments)
+        except TimeoutError:
+            raise BenchError(
+                f"{self.name}: no answer to {tool} within {CALL_TIMEOUT:g}s ({self.stderr_tail()})"
+            ) from None
         if res.is_error:
             text = res.content[0].text if res.content else ""  # type: ignore[union-attr]
             raise BenchError(f"{self.name}: {tool} {arguments} returned an error: {text}")
@@ -371,12 +378,15 @@ async def bench_status(
         assert side.session is not None
         call = side.session.call_tool
         got = []
-        for _ in range(n):
-            t0 = time.perf_counter_ns()
-            res = await call("runner_status", STATUS_ARGS)
-            got.append(ms(time.perf_counter_ns() - t0))
-            if res.is_error:
-                raise BenchError(f"{side.name}: runner_status failed: {res.content!r}")
+        with anyio.move_on_after(CALL_TIMEOUT) as scope:  # one scope per round, not per call
+            for _ in range(n):
+                t0 = time.perf_counter_ns()
+                res = await call("runner_status", STATUS_ARGS)
+                got.append(ms(time.perf_counter_ns() - t0))
+                if res.is_error:
+                    raise BenchError(f"{side.name}: runner_status failed: {res.content!r}")
+        if scope.cancelled_caught:
+            raise BenchError(f"{side.name}: {n} runner_status calls took over {CALL_TIMEOUT:g}s")
         if structured(res) != payload:
             raise BenchError(f"{side.name}: runner_status answered {structured(res)!r}")
         if sink is not None:
