@@ -1,4 +1,6 @@
-"""The benchmark scripts run (quick mode) and report valid rows; timing is never asserted."""
+"""The benchmark scripts run (quick mode) and their correctness checks hold; timing is
+never asserted (the scripts exit 1 only when a check fails: a run lost, a message
+dropped, a process left behind)."""
 
 from __future__ import annotations
 
@@ -13,14 +15,16 @@ BENCH = Path(__file__).resolve().parent / "bench"
 
 
 @pytest.mark.slow
-def test_bus_benchmark_runs_and_its_checks_hold() -> None:
+@pytest.mark.parametrize("script", ["bench_bus.py", "bench_runner.py", "bench_mcp.py"])
+def test_benchmark_runs_and_its_checks_hold(script: str) -> None:
     proc = subprocess.run(
-        [sys.executable, str(BENCH / "bench_bus.py"), "--quick", "--json"],
+        [sys.executable, str(BENCH / script), "--quick", "--json"],
         capture_output=True,
         text=True,
         timeout=300,
+        stdin=subprocess.DEVNULL,
     )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     report = json.loads(proc.stdout)
-    assert [r["valid"] for r in report["results"]] == [True, True, True], report["results"]
-    assert all(r["ratio"] > 0 for r in report["results"])
+    assert report["results"], report
+    assert all(r.get("valid", True) for r in report["results"]), report["results"]

@@ -74,6 +74,21 @@ STATUS_CHANNEL = "agent.status"
 FLEET_CHANNEL = "fleet"
 
 
+_FOUND: dict[tuple[str, str], str] = {}
+
+
+def which(program: str, path: str) -> str | None:
+    """`shutil.which`, remembering what it found (dispatch checks the agent's program on
+    every call; a program installed later is found on the next call)."""
+    hit = _FOUND.get((program, path))
+    if hit is not None and os.access(hit, os.X_OK):
+        return hit
+    found = shutil.which(program, path=path)
+    if found is not None:
+        _FOUND[(program, path)] = found
+    return found
+
+
 def new_run_id() -> str:
     return f"r{int(time.time() * 1000):x}{secrets.token_hex(3)}"
 
@@ -347,7 +362,7 @@ class Runner:
         except BadWorkspace as e:
             raise bad("workspace", str(e)) from None
         program = spec.render("x", "x", str(path), model, sys.executable)[0]
-        if shutil.which(program, path=self.hub.env.get("PATH", os.defpath)) is None:
+        if which(program, self.hub.env.get("PATH", os.defpath)) is None:
             raise Refused(
                 f"agent {req.agent!r} cannot run here: {program!r} is not installed or not on PATH; "
                 "install it, or choose another agent"
