@@ -309,6 +309,15 @@ class Runner:
         log.info("run %s ended while the hub was down: %s", row["id"], status)
 
     # -- dispatch ----------------------------------------------------------------------------
+    def workspace_name(self, value: str | None, where: str, field: str = "workspace") -> str | None:
+        """The canonical name of a workspace the caller gave, or InvalidInput naming `field`."""
+        if value is None:
+            return None
+        try:
+            return normalize(value, self.root)
+        except BadWorkspace as e:
+            raise InvalidInput.from_errors(where, [{"field": field, "message": str(e)}]) from None
+
     def _agent(self, name: str) -> AgentSpec:
         spec = self.agents.get(name)
         if spec is None:
@@ -1083,14 +1092,7 @@ class Runner:
         everything = req.run_id is None and req.agent is None and req.workspace is None
         if req.agent is not None:
             self._agent(req.agent)
-        workspace = None
-        if req.workspace is not None:
-            try:
-                workspace = normalize(req.workspace, self.root)
-            except BadWorkspace as e:
-                raise InvalidInput.from_errors(
-                    "runner.kill", [{"field": "workspace", "message": str(e)}]
-                ) from None
+        workspace = self.workspace_name(req.workspace, "runner.kill")
         async with self.lock:
             if everything:
                 self.frozen = True
@@ -1148,14 +1150,10 @@ class Runner:
         if req.run_id is not None:
             clauses.append("id = ?")
             params.append(req.run_id)
-        if req.workspace is not None:
-            try:
-                clauses.append("workspace = ?")
-                params.append(normalize(req.workspace, self.root))
-            except BadWorkspace as e:
-                raise InvalidInput.from_errors(
-                    "runner.status", [{"field": "workspace", "message": str(e)}]
-                ) from None
+        workspace = self.workspace_name(req.workspace, "runner.status")
+        if workspace is not None:
+            clauses.append("workspace = ?")
+            params.append(workspace)
         if req.status is not None:
             clauses.append("status = ?")
             params.append(req.status)
@@ -1227,14 +1225,7 @@ class Runner:
         )
 
     async def workspaces(self, q: WorkspaceQuery) -> list[WorkspaceInfo]:
-        name = None
-        if q.name is not None:
-            try:
-                name = normalize(q.name, self.root)
-            except BadWorkspace as e:
-                raise InvalidInput.from_errors(
-                    "WorkspaceQuery", [{"field": "name", "message": str(e)}]
-                ) from None
+        name = self.workspace_name(q.name, "WorkspaceQuery", "name")
 
         def read(db: Any) -> list[dict[str, Any]]:
             sql = (
