@@ -97,7 +97,10 @@ def make_spec(
     try:
         hints = get_type_hints(func)
     except Exception as e:  # a NameError in a string annotation, say
-        raise StartupError(f"action {name!r}: cannot read its annotations: {e}") from e
+        raise StartupError(
+            f"action {name!r}: cannot read its annotations: {e}; define its models at module "
+            "level (with `from __future__ import annotations` annotations are looked up there)"
+        ) from e
     params = list(inspect.signature(func).parameters.values())
     if len(params) > 2 or any(
         p.kind not in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) for p in params

@@ -706,3 +706,44 @@ async def test_a_fleet_event_caused_by_one_session_reaches_every_session(
             await wait_mention(a, "queue drained")
             await wait_ended(b, queued["run_id"])
             await wait_mention(b, "queue drained", timeout=2)
+
+
+async def test_a_new_action_on_the_hub_becomes_a_tool_with_list_changed(
+    home: Path, config_env: dict[str, str]
+) -> None:
+    """When the hub's set of actions changes, sessions get notifications/tools/list_changed
+    and the next tools/list has the new tool."""
+    from fleetbus.bus.actions import make_spec
+    from fleetbus.bus.client import LocalClient
+
+    changed = anyio.Event()
+
+    async def on_message(message: Any) -> None:
+        root = getattr(message, "root", message)
+        if getattr(root, "method", "") == "notifications/tools/list_changed":
+            changed.set()
+
+    async with (
+        fleet(Home(home), config_env, embedded=True) as app,
+        Client(app.server, mode="legacy", message_handler=on_message) as client,
+    ):
+        names = {t.name for t in (await client.list_tools()).tools}
+        assert "extra_hello" not in names and "runner_dispatch" in names
+        local = await app.get_client()
+        assert isinstance(local, LocalClient)
+        local.hub.bus.add_action(make_spec("extra.hello", _hello, plugin="test", exposed=True))
+        with anyio.fail_after(10):
+            await changed.wait()
+        tools = {t.name: t for t in (await client.list_tools()).tools}
+        assert "extra_hello" in tools and tools["extra_hello"].description == "Say hello."
+        result = await client.call_tool("extra_hello", {"name": "ada"})
+        assert not result.is_error and result.structured_content == {"name": "ada"}
+
+
+class Hello(BaseModel):
+    name: str
+
+
+async def _hello(req: Hello) -> Hello:
+    """Say hello."""
+    return req
