@@ -102,6 +102,51 @@ def tool_name(action: str) -> str:
     return action.replace(".", "_")
 
 
+class _Recursive(Exception):
+    pass
+
+
+def lean_schema(schema: dict[str, Any]) -> dict[str, Any]:
+    """The same constraints, cheaper for a client to check on every result: `$defs`
+    inlined, `anyOf [X, null]` as a type list, titles dropped. A schema whose references
+    cannot all be inlined (a recursive model) is returned unchanged."""
+    defs = schema.get("$defs", {})
+
+    def walk(node: Any, seen: frozenset[str]) -> Any:
+        if isinstance(node, list):
+            return [walk(v, seen) for v in node]
+        if not isinstance(node, dict):
+            return node
+        ref = node.get("$ref")
+        if isinstance(ref, str) and ref.startswith("#/$defs/") and len(node) == 1:
+            name = ref.removeprefix("#/$defs/")
+            if name in seen or name not in defs:
+                raise _Recursive
+            return walk(defs[name], seen | {name})
+        out: dict[str, Any] = {}
+        for key, value in node.items():
+            if key in ("$defs", "title"):
+                continue
+            if key in ("properties", "patternProperties") and isinstance(value, dict):
+                out[key] = {name: walk(v, seen) for name, v in value.items()}
+            else:
+                out[key] = walk(value, seen)
+        any_of = out.get("anyOf")
+        if isinstance(any_of, list) and all(
+            isinstance(x, dict) and set(x) == {"type"} and isinstance(x["type"], str)
+            for x in any_of
+        ):
+            del out["anyOf"]
+            out["type"] = [x["type"] for x in any_of]
+        return out
+
+    try:
+        lean = dict(walk(schema, frozenset()))
+    except _Recursive:
+        return schema
+    return schema if "$ref" in json.dumps(lean) else lean  # a reference left: keep $defs
+
+
 def object_schema(schema: dict[str, Any] | None) -> dict[str, Any]:
     """MCP wants an object at the root of an input schema."""
     if not schema or schema.get("type") != "object":
@@ -271,7 +316,7 @@ class FleetMCP:
                 name=name,
                 description=a["description"] or a["name"],
                 input_schema=object_schema(a["input_schema"]),
-                output_schema=a["output_schema"]
+                output_schema=lean_schema(a["output_schema"])
                 if (a["output_schema"] or {}).get("type") == "object"
                 else None,
                 annotations=types.ToolAnnotations(
