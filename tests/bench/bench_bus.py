@@ -45,6 +45,7 @@ import anyio
 import anyio.abc
 import pluggy
 from anyio.streams.buffered import BufferedByteReceiveStream
+from common import BenchError, log, no_nan, percentile
 from pydantic import BaseModel
 
 from fleetbus.bus.actions import make_spec
@@ -87,14 +88,6 @@ class Result:
     problems: list[str] = field(default_factory=list)
     rounds: dict[str, list[float]] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
-
-
-class BenchError(Exception):
-    """A correctness check failed: the numbers would not be comparable."""
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 def now() -> int:
@@ -392,12 +385,6 @@ class RawClient:
         return reply["result"]
 
 
-def percentile(samples: list[float], q: float) -> float:
-    ordered = sorted(samples)
-    k = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
-    return ordered[k]
-
-
 async def bench_ipc(profile: Profile) -> Result:
     n = profile.ipc_calls
     payload = {"echo": "x"}
@@ -512,17 +499,6 @@ def table(results: list[Result]) -> str:
     ]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
-
-
-def no_nan(obj: Any) -> Any:
-    """NaN (an invalid measurement) as null: JSON has no NaN."""
-    if isinstance(obj, float) and math.isnan(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: no_nan(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [no_nan(v) for v in obj]
-    return obj
 
 
 def main(argv: list[str] | None = None) -> int:

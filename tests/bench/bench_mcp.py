@@ -53,13 +53,13 @@ import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack, asynccontextmanager, suppress
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import anyio
-import psutil
+from common import BenchError, leftovers, log, no_nan, percentile
 from mcp import ClientSession, StdioServerParameters, stdio_client
 from mcp.client import NotificationBinding
 from pydantic import BaseModel
@@ -138,22 +138,6 @@ class Result:
     problems: list[str] = field(default_factory=list)
     rounds: dict[str, list[float]] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
-
-
-class BenchError(Exception):
-    """A correctness check failed: the numbers would not be comparable."""
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
-def percentile(samples: list[float], q: float) -> float:
-    if not samples:
-        return math.nan
-    ordered = sorted(samples)
-    k = min(len(ordered) - 1, max(0, math.ceil(q / 100 * len(ordered)) - 1))
-    return ordered[k]
 
 
 def leaves(exc: BaseException) -> list[BaseException]:
@@ -600,19 +584,6 @@ async def bench_events(profile: Profile, subjects: list[Side]) -> list[Result]:
 
 
 # -- running it all --------------------------------------------------------------------------
-def leftovers(root: Path) -> list[str]:
-    """Processes still running inside the bench's directory (killed): servers, hubs, agents."""
-    root = root.resolve()
-    found = []
-    for proc in psutil.process_iter(["pid", "cwd", "cmdline", "status"]):
-        cwd = proc.info.get("cwd")
-        if proc.pid == os.getpid() or not cwd or proc.info.get("status") == "zombie":
-            continue
-        if cwd == str(root) or cwd.startswith(f"{root}/"):
-            found.append(f"{proc.pid} {' '.join(proc.info.get('cmdline') or [])[:80]}")
-            with suppress(psutil.Error):
-                proc.kill()
-    return found
 
 
 async def stop_hub(side: Side) -> str:
@@ -791,17 +762,6 @@ def notes(results: list[Result], info: dict[str, Any]) -> list[str]:
     )
     out.append(f"spawn -> initialize + tools/list: {starts}; stdin EOF -> exit: {exits}")
     return out
-
-
-def no_nan(obj: Any) -> Any:
-    """NaN (no figure) as null: JSON has no NaN."""
-    if isinstance(obj, float) and math.isnan(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: no_nan(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [no_nan(v) for v in obj]
-    return obj
 
 
 def main(argv: list[str] | None = None) -> int:

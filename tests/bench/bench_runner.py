@@ -62,7 +62,7 @@ from typing import Any
 
 import anyio
 import anyio.abc
-import psutil
+from common import BenchError, leftovers, log, no_nan, percentile
 
 from fleetbus.bus.hub import Hub
 from fleetbus.bus.messages import Envelope
@@ -133,22 +133,6 @@ class Result:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-class BenchError(Exception):
-    """A correctness check failed: the numbers would not be comparable."""
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
-def percentile(samples: list[float], q: float) -> float:
-    if not samples:
-        return math.nan
-    ordered = sorted(samples)
-    k = min(len(ordered) - 1, max(0, math.ceil(q / 100 * len(ordered)) - 1))
-    return ordered[k]
-
-
 def ratio_of(base: list[float], subj: list[float]) -> float:
     return statistics.median(s / b for b, s in zip(base, subj, strict=True))
 
@@ -213,23 +197,9 @@ async def end_every_run(hub: Hub) -> None:
     raise BenchError(f"runs still active {SETTLE_TIMEOUT:g}s after the bench: {left}")
 
 
-def leftovers(root: Path) -> None:
-    """No process may still run inside the bench's directory (agents, wrappers, baselines).
-
-    Every agent and wrapper runs with its working directory under `root`, a fresh temporary
-    directory, so a process found there is certainly the bench's: it is killed, and the
-    bench is invalid.
-    """
-    root = root.resolve()
-    found = []
-    for proc in psutil.process_iter(["pid", "cwd", "cmdline"]):
-        cwd = proc.info.get("cwd")
-        if proc.pid == os.getpid() or not cwd:
-            continue
-        if cwd == str(root) or cwd.startswith(f"{root}/"):
-            found.append((proc.pid, " ".join(proc.info.get("cmdline") or [])[:80]))
-            with suppress(psutil.Error):
-                proc.kill()
+def assert_no_leftovers(root: Path) -> None:
+    """No process may still run inside the bench's directory (agents, wrappers, baselines)."""
+    found = leftovers(root)
     if found:
         raise BenchError(f"processes still running after the bench (killed): {found[:5]}")
 
@@ -468,7 +438,7 @@ async def bench_throughput(profile: Profile, tmp: Path) -> list[Result]:
                     gc.collect()
                     got[i].append(await sides[i](r))
             base, subj, flo = got
-    leftovers(tmp)
+    assert_no_leftovers(tmp)
     ratio = ratio_of(base, subj)
     floor_ratio = ratio_of(base, flo)
     floor_row = Result(
@@ -628,7 +598,7 @@ async def bench_latency(profile: Profile, tmp: Path) -> list[Result]:
                 statistics.median(f_exit[r * per_round : (r + 1) * per_round])
                 for r in range(profile.rounds)
             ]
-    leftovers(tmp)
+    assert_no_leftovers(tmp)
 
     def stats(samples: list[float]) -> dict[str, float]:
         return {"p50_ms": percentile(samples, 50), "p99_ms": percentile(samples, 99)}
@@ -972,17 +942,6 @@ def details(results: list[Result]) -> list[str]:
     return out
 
 
-def no_nan(obj: Any) -> Any:
-    """NaN (an invalid measurement) as null: JSON has no NaN."""
-    if isinstance(obj, float) and math.isnan(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: no_nan(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [no_nan(v) for v in obj]
-    return obj
-
-
 BENCHES: dict[str, tuple[list[tuple[str, str, str]], Callable[[Profile, Path], Awaitable[Any]]]] = {
     "throughput": (
         [
@@ -1037,7 +996,7 @@ def main(argv: list[str] | None = None) -> int:
             with tempfile.TemporaryDirectory(prefix="fbrun-") as tmp:
                 res = await run_one(key, Path(tmp))
                 try:
-                    leftovers(Path(tmp))
+                    assert_no_leftovers(Path(tmp))
                 except BenchError as e:
                     for r in res:
                         r.valid, r.met = False, False

@@ -1,0 +1,58 @@
+"""What the benchmark scripts share: errors, logging, percentiles, JSON output and the
+check that a bench left no process behind. The scripts import it as `common` (they are
+run as `python tests/bench/<script>.py`, which puts this folder on sys.path)."""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+from contextlib import suppress
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+
+class BenchError(Exception):
+    """A correctness check failed: the numbers would not be comparable."""
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def percentile(samples: list[float], q: float) -> float:
+    """The `q`-th percentile (nearest rank); NaN for no samples."""
+    if not samples:
+        return math.nan
+    ordered = sorted(samples)
+    k = min(len(ordered) - 1, max(0, math.ceil(q / 100 * len(ordered)) - 1))
+    return ordered[k]
+
+
+def no_nan(obj: Any) -> Any:
+    """NaN (no figure, or an invalid measurement) as null: JSON has no NaN."""
+    if isinstance(obj, float) and math.isnan(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: no_nan(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [no_nan(v) for v in obj]
+    return obj
+
+
+def leftovers(root: Path) -> list[str]:
+    """Processes (zombies aside) still running with their working directory inside the
+    bench's fresh temporary `root` — certainly the bench's: they are killed and listed."""
+    root = root.resolve()
+    found = []
+    for proc in psutil.process_iter(["pid", "cwd", "cmdline", "status"]):
+        cwd = proc.info.get("cwd")
+        if proc.pid == os.getpid() or not cwd or proc.info.get("status") == "zombie":
+            continue
+        if cwd == str(root) or cwd.startswith(f"{root}/"):
+            found.append(f"{proc.pid} {' '.join(proc.info.get('cmdline') or [])[:80]}")
+            with suppress(psutil.Error):
+                proc.kill()
+    return found
