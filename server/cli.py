@@ -228,24 +228,34 @@ def stop(opts: Options) -> None:
     """Ask the running hub of this home to stop (its agents are left running)."""
     from fleetbus.bus.client import HubClient
 
-    async def go() -> str:
+    async def go() -> int:
         async with HubClient.open(opts.home.socket) as client:
-            pid = (await client.hello())["pid"]
+            pid = int((await client.hello())["pid"])
             # the hub may close the connection while stopping: that is the answer too
             with contextlib.suppress(ConnectionFailed):
                 await client.shutdown()
-            return f"hub {pid} is stopping"
+            return pid
 
     try:
-        message = anyio.run(go)
+        pid = anyio.run(go)
     except ConnectionFailed:
         click.echo(f"no hub is running for {opts.home.root}")
         return
-    # return once the hub is gone, so a following command never meets a dying hub
+    # return once the hub process is gone, so a following command never meets a dying hub
     deadline = time.monotonic() + 30
-    while is_locked(opts.home.lock) and time.monotonic() < deadline:
+    while (is_locked(opts.home.lock) or process_running(pid)) and time.monotonic() < deadline:
         time.sleep(0.02)
-    click.echo(message.replace("is stopping", "stopped"))
+    click.echo(f"hub {pid} stopped")
+
+
+def process_running(pid: int) -> bool:
+    """True while `pid` runs (a zombie, which nobody may reap for a detached hub, is gone)."""
+    import psutil
+
+    try:
+        return bool(psutil.Process(pid).status() != psutil.STATUS_ZOMBIE)
+    except psutil.NoSuchProcess:
+        return False
 
 
 @cli.command()
