@@ -29,6 +29,7 @@ import signal
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -185,6 +186,8 @@ class Runner:
         self.queued_by_workspace: Counter[str] = Counter()
         self.lock = anyio.Lock()
         self.poked = anyio.Event()
+        self._ended: list[Active] = []  # runs whose process is gone, not yet recorded
+        self._ended_event = anyio.Event()
         self.wake_at: float | None = None
         self._loop_deadline = 0.0
         self._had_queue = False
@@ -251,6 +254,7 @@ class Runner:
             await self._recover(row)
         self._had_queue = self.queued_total > 0
         self.hub.task_group.start_soon(self._loop, name="runner loop")
+        self.hub.task_group.start_soon(self._settler, name="runner settler")
         self.poke()
 
     async def _recover(self, row: dict[str, Any]) -> None:
@@ -882,9 +886,26 @@ class Runner:
             tg.start_soon(watch)
             tg.start_soon(deadline)
         processes.signal_group(active.pid, signal.SIGKILL)  # nothing of the group outlives the run
-        async with self.lock:
-            await self._settle(active)
-            await self._drain()
+        self._ended.append(active)
+        self._ended_event.set()
+
+    async def _settler(self) -> None:
+        """Record ended runs, all that ended meanwhile in one commit, then drain."""
+        while True:
+            await self._ended_event.wait()
+            self._ended_event = anyio.Event()
+            batch, self._ended = self._ended, []
+            async with self.lock:
+                writers = [self._settle(active) for active in batch]
+
+                def record(tx: Tx, writers: list[Callable[[Tx], None]] = writers) -> None:
+                    for write in writers:
+                        write(tx)
+
+                await self.store.write(record)
+                await self._drain()
+            for active in batch:
+                active.done.set()
 
     def _stop(self, active: Active, status: str, reason: str) -> bool:
         """Ask a run to end: SIGTERM to its group now, SIGKILL after the grace period."""
@@ -922,8 +943,8 @@ class Runner:
         data = {k: v for k, v in reading.model_dump().items() if v is not None}
         return data or None
 
-    async def _settle(self, active: Active) -> None:
-        """Record how a run ended, free its slot, and announce it."""
+    def _settle(self, active: Active) -> Callable[[Tx], None]:
+        """Decide how a run ended and free its slot; returns what records and announces it."""
         now = self.now()
         code = active.exit_code
         if active.stop_status is not None:
@@ -959,8 +980,9 @@ class Runner:
             "started_at": active.started_at,
             "origin": json.dumps(active.origin),
         }
-        await self._write_end(row, status, reason, code, now, usage, pool=pool if tripped else None)
-        active.done.set()
+        return self._end_writer(
+            row, status, reason, code, now, usage, pool=pool if tripped else None
+        )
 
     def _end_messages(
         self,
@@ -1007,6 +1029,20 @@ class Runner:
         *,
         pool: Pool | None = None,
     ) -> None:
+        await self.store.write(self._end_writer(row, status, reason, code, ended, usage, pool=pool))
+
+    def _end_writer(
+        self,
+        row: dict[str, Any],
+        status: str,
+        reason: str,
+        code: int | None,
+        ended: float,
+        usage: dict[str, Any] | None,
+        *,
+        pool: Pool | None = None,
+    ) -> Callable[[Tx], None]:
+        """What records a run's end in a transaction (messages go out after its commit)."""
         active = RunRef.of(row)
         ctx = self._context(active)
         completed, channel = self._end_messages(
@@ -1042,7 +1078,7 @@ class Runner:
                     fleet,
                 )
 
-        await self.store.write(end)
+        return end
 
     # -- control actions ---------------------------------------------------------------------
     async def _cancel_runs(self, ids: list[str], reason: str) -> int:
