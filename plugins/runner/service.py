@@ -309,7 +309,8 @@ class Runner:
             status, reason = "failed", "process died while the hub was down"
         else:
             status, reason = self._status_for(code, row["workspace"], row["started_at"])
-        await self._write_end(row, status, reason, code, ended, self._usage(row["agent"], run_dir))
+        usage = self._usage(row["agent"], run_dir)
+        await self.store.write(self._end_writer(row, status, reason, code, ended, usage))
         log.info("run %s ended while the hub was down: %s", row["id"], status)
 
     # -- dispatch ----------------------------------------------------------------------------
@@ -796,7 +797,7 @@ class Runner:
             )
         except (OSError, ValueError) as e:
             reason = f"could not start: {getattr(e, 'strerror', None) or e}"
-            await self._write_end(row, "failed", reason, None, now, None)
+            await self.store.write(self._end_writer(row, "failed", reason, None, now, None))
             return
         active = Active(
             run_id=run_id,
@@ -1017,19 +1018,6 @@ class Runner:
             took = duration_text(duration)
             content = f"{ref.agent} finished {ref.workspace}: {status} in {took}{exit_text}{why}"
         return completed, self._channel(ref, status, content, **extra)
-
-    async def _write_end(
-        self,
-        row: dict[str, Any],
-        status: str,
-        reason: str,
-        code: int | None,
-        ended: float,
-        usage: dict[str, Any] | None,
-        *,
-        pool: Pool | None = None,
-    ) -> None:
-        await self.store.write(self._end_writer(row, status, reason, code, ended, usage, pool=pool))
 
     def _end_writer(
         self,
