@@ -96,24 +96,6 @@ def _stat(pid: int) -> list[str] | None:
         return None
 
 
-def start_time(pid: int) -> float | None:
-    """The process's start time in clock ticks since boot (/proc/<pid>/stat field 22).
-
-    Unlike a wall-clock start time it does not shift when the clock is stepped, so it
-    tells a live process from a later one that reused its pid.
-    """
-    fields = _stat(pid)
-    return float(fields[19]) if fields and len(fields) > 19 else None
-
-
-def created_at(pid: int) -> float | None:
-    """The process's start as epoch seconds (for comparing with file times)."""
-    try:
-        return float(psutil.Process(pid).create_time())
-    except (psutil.NoSuchProcess, psutil.AccessDenied):
-        return None
-
-
 def same_process(pid: int, start: float) -> bool:
     """True when `pid` is alive (not a zombie) and is the process that started at `start`."""
     fields = _stat(pid)
