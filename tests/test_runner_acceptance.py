@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.to_thread
 import psutil
 import pytest
 
@@ -31,6 +32,7 @@ from fleetbus.testing.processes import alive, live_groups, one_line_error, run_p
 
 Cli = Callable[..., subprocess.CompletedProcess[str]]
 DEADLINE = 30.0
+SAMPLE_PERIOD = 0.02  # an observer samples this often until told to stop
 
 CONFIG = """\
 agents:
@@ -116,8 +118,8 @@ class Watcher:
                         self.max_queued = max(self.max_queued, st["queued"])
                         lane = st["lanes"].get(self.agent, {"running": 0})
                         self.max_lane = max(self.max_lane, lane["running"])
-                        await anyio.sleep(0.02)
-            await anyio.sleep(0.02)
+                        await anyio.to_thread.run_sync(self._stop.wait, SAMPLE_PERIOD)
+            await anyio.to_thread.run_sync(self._stop.wait, SAMPLE_PERIOD)
 
 
 # -- fixtures --------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.to_thread
 import psutil
 import pytest
 from anyio.streams.memory import MemoryObjectReceiveStream
@@ -44,6 +45,7 @@ from fleetbus.testing.processes import (
 
 Cli = Callable[..., subprocess.CompletedProcess[str]]
 DEADLINE = 30.0
+SAMPLE_PERIOD = 0.02  # an observer samples this often until told to stop
 FAKE = "fleetbus.testing.fake_agent"
 
 
@@ -205,7 +207,7 @@ class Watcher:
         while not self._stop.is_set():
             with contextlib.suppress(BusError, OSError, TimeoutError, anyio.EndOfStream):
                 await self._session()
-            await anyio.sleep(0.02)
+            await anyio.to_thread.run_sync(self._stop.wait, SAMPLE_PERIOD)
 
     async def _session(self) -> None:
         async with HubClient.open(self.socket) as client:
@@ -225,7 +227,7 @@ class Watcher:
                             break
                         with self._lock:
                             self.events[(pid, env["seq"])] = env
-                    await anyio.sleep(0.02)
+                    await anyio.to_thread.run_sync(self._stop.wait, SAMPLE_PERIOD)
 
     def _sample(self, st: dict[str, Any]) -> None:
         self.samples += 1
