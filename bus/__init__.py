@@ -4,36 +4,45 @@ Plugin authors need only `hookimpl` (and, for typed handlers, `Context`, `Messag
 `Query` and the errors)::
 
     from fleetbus.bus import hookimpl
+
+Names are imported on first use, so a light client (the stdio relay, the CLI) can import
+`fleetbus.bus.paths` without loading pydantic or the store.
 """
 
-from .actions import ActionRegistrar, ActionSpec, NoInput
-from .context import Context
-from .core import Bus, Job
-from .errors import (
-    ActionFailed,
-    ActionNotFound,
-    ActionTimeout,
-    BusError,
-    ConfigError,
-    ConnectionFailed,
-    InvalidInput,
-    QueryNotAnswered,
-    Refused,
-    StartupError,
-)
-from .hookspecs import hookimpl, hookspec
-from .messages import (
-    ChannelPush,
-    Envelope,
-    JobCompleted,
-    JobProgress,
-    JobStarted,
-    Message,
-    Subscription,
-)
-from .queries import Query, QueryRegistrar
-from .store import MigrationsRegistrar, Store, Tx
-from .subscribers import SubscriberRegistrar
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .actions import ActionRegistrar, ActionSpec, NoInput
+    from .context import Context
+    from .core import Bus, Job
+    from .errors import (
+        ActionFailed,
+        ActionNotFound,
+        ActionTimeout,
+        BusError,
+        ConfigError,
+        ConnectionFailed,
+        InvalidInput,
+        QueryNotAnswered,
+        Refused,
+        StartupError,
+    )
+    from .hookspecs import hookimpl, hookspec
+    from .messages import (
+        ChannelPush,
+        Envelope,
+        JobCompleted,
+        JobProgress,
+        JobStarted,
+        Message,
+        Subscription,
+    )
+    from .queries import Query, QueryRegistrar
+    from .store import MigrationsRegistrar, Store, Tx
+    from .subscribers import SubscriberRegistrar
 
 __all__ = [
     "ActionFailed",
@@ -68,3 +77,46 @@ __all__ = [
     "hookimpl",
     "hookspec",
 ]
+
+_WHERE = {
+    "ActionFailed": "errors",
+    "ActionNotFound": "errors",
+    "ActionRegistrar": "actions",
+    "ActionSpec": "actions",
+    "ActionTimeout": "errors",
+    "Bus": "core",
+    "BusError": "errors",
+    "ChannelPush": "messages",
+    "ConfigError": "errors",
+    "ConnectionFailed": "errors",
+    "Context": "context",
+    "Envelope": "messages",
+    "InvalidInput": "errors",
+    "Job": "core",
+    "JobCompleted": "messages",
+    "JobProgress": "messages",
+    "JobStarted": "messages",
+    "Message": "messages",
+    "MigrationsRegistrar": "store",
+    "NoInput": "actions",
+    "Query": "queries",
+    "QueryNotAnswered": "errors",
+    "QueryRegistrar": "queries",
+    "Refused": "errors",
+    "StartupError": "errors",
+    "Store": "store",
+    "SubscriberRegistrar": "subscribers",
+    "Subscription": "messages",
+    "Tx": "store",
+    "hookimpl": "hookspecs",
+    "hookspec": "hookspecs",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module 'fleetbus.bus' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value

@@ -12,11 +12,6 @@ import contextlib
 import itertools
 import json
 import os
-import socket
-import subprocess
-import sys
-import threading
-import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -31,11 +26,9 @@ from anyio.streams.memory import MemoryObjectSendStream
 from .context import Context
 from .core import dump_result
 from .errors import BusError, ConnectionFailed, InvalidInput, error_from_dict, unwrap_group
+from .hubstart import START_TIMEOUT, can_connect, check_socket_owner, ensure_hub_blocking
 from .ipc import MAX_LINE, encode
-from .lock import blocking_lock
 from .paths import Home
-
-START_TIMEOUT = 20.0
 
 
 class Client(Protocol):
@@ -58,7 +51,7 @@ class Client(Protocol):
     async def plugins(self) -> dict[str, Any]: ...
     async def status(self) -> dict[str, Any]: ...
     def subscribe(
-        self, topics: list[str] | None = None, *, since: int | None = None
+        self, topics: list[str] | None = None, *, since: int | None = None, buffer: int = 1024
     ) -> contextlib.AbstractAsyncContextManager[AsyncIterator[dict[str, Any]]]: ...
 
 
@@ -335,105 +328,15 @@ class LocalClient:
 
 
 # -- finding or starting the hub -------------------------------------------------------------
-def _check_socket_owner(path: Path) -> None:
-    try:
-        st = path.stat()
-    except FileNotFoundError:
-        return
-    except NotADirectoryError:
-        raise ConnectionFailed(
-            f"FLEETBUS_HOME {path.parent} is not a directory; point FLEETBUS_HOME at a directory"
-        ) from None
-    if st.st_uid != os.getuid():
-        raise ConnectionFailed(
-            f"the hub socket {path} belongs to uid {st.st_uid}, not to you; "
-            "set FLEETBUS_HOME to a directory of your own"
-        )
-
-
-def _can_connect(path: Path) -> bool:
-    """True when a hub accepts connections on `path` (blocking; call from a thread)."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        try:
-            sock.connect(os.fspath(path))
-        except OSError:
-            return False
-    return True
-
-
-def hub_command() -> list[str]:
-    return [sys.executable, "-m", "fleetbus.server", "hub"]
-
-
-def _spawn(home: Home, env: Mapping[str, str]) -> subprocess.Popen[bytes]:
-    """Start a detached hub: own session, stdin from /dev/null, output to the home's log."""
-    home.ensure()
-    child_env = dict(env)
-    child_env["FLEETBUS_HOME"] = str(home.root)
-    fd = os.open(home.log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-    with open(fd, "ab") as log:
-        proc = subprocess.Popen(
-            hub_command(),
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            close_fds=True,
-            env=child_env,
-            cwd=str(home.root),
-        )
-    # reap it when it exits, so a long-lived client leaves no zombie behind
-    threading.Thread(target=proc.wait, daemon=True, name="fleetbus-hub-reaper").start()
-    return proc
-
-
-def _log_tail(home: Home, since: int) -> str:
-    try:
-        with open(home.log, "rb") as f:
-            f.seek(since)
-            lines = [
-                ln.strip() for ln in f.read().decode(errors="replace").splitlines() if ln.strip()
-            ]
-    except OSError:
-        return ""
-    errors = [ln for ln in lines if "error" in ln.lower()]
-    last = (errors or lines or [""])[-1]
-    return last.removeprefix("error: ")
-
-
 async def ensure_hub(
     home: Home, *, env: Mapping[str, str] = os.environ, timeout: float = START_TIMEOUT
 ) -> Path:
-    """Return the socket of the home's hub, starting a detached hub if none answers.
-
-    Clients racing here start exactly one hub: the spawn lock is held while checking,
-    spawning and waiting.
-    """
+    """Return the socket of the home's hub, starting a detached hub if none answers."""
     path = home.socket
-    _check_socket_owner(path)
-    if await anyio.to_thread.run_sync(_can_connect, path):
+    check_socket_owner(path)
+    if await anyio.to_thread.run_sync(can_connect, path):
         return path
-    home.ensure()
-
-    def spawn_and_wait() -> Path:
-        with blocking_lock(home.spawn_lock):
-            if _can_connect(path):
-                return path
-            log_size = home.log.stat().st_size if home.log.exists() else 0
-            proc = _spawn(home, env)
-            deadline = time.monotonic() + timeout
-            while time.monotonic() < deadline:
-                if _can_connect(path):
-                    return path
-                if proc.poll() is not None:
-                    if _can_connect(path):
-                        return path
-                    reason = _log_tail(home, log_size) or f"exit status {proc.returncode}"
-                    raise ConnectionFailed(f"the hub failed to start: {reason} (see {home.log})")
-                time.sleep(0.02)
-            raise ConnectionFailed(f"the hub did not answer within {timeout:g}s (see {home.log})")
-
-    return await anyio.to_thread.run_sync(spawn_and_wait)
+    return await anyio.to_thread.run_sync(ensure_hub_blocking, home, env, timeout)
 
 
 @asynccontextmanager
@@ -462,6 +365,6 @@ async def connect(
         path = await ensure_hub(home, env=env)
     else:
         path = home.socket
-        _check_socket_owner(path)
+        check_socket_owner(path)
     async with HubClient.open(path) as client:
         yield client

@@ -8,7 +8,6 @@ any fault before `task_status.started()` is a `StartupError` and nothing is left
 
 from __future__ import annotations
 
-import functools
 import inspect
 import logging
 import os
@@ -23,6 +22,7 @@ import anyio.abc
 from .actions import ActionRegistrar
 from .core import Bus
 from .errors import BusError, StartupError, unwrap_group
+from .ipc import UpgradeHandler
 from .lock import HubLock
 from .manifests import Manifest, load_manifest
 from .messages import ActionsChanged
@@ -31,21 +31,9 @@ from .plugins import DEFAULT_PLUGINS, PluginSet
 from .queries import QueryRegistrar
 from .store import MigrationsRegistrar, Store
 from .subscribers import SubscriberRegistrar, SubscriberSpec
+from .version import version
 
 log = logging.getLogger("fleetbus.hub")
-
-VERSION = "0.1.0"
-
-
-@functools.cache
-def version() -> str:
-    """The installed distribution's version (looked up once: metadata reads are slow)."""
-    try:
-        from importlib.metadata import version as dist_version
-
-        return dist_version("fleetbus")
-    except Exception:
-        return VERSION
 
 
 class Hub:
@@ -89,6 +77,13 @@ class Hub:
         self._lock = HubLock(self.home.lock)
         self._tg: anyio.abc.TaskGroup | None = None
         self.socket_path = self.home.socket
+        self.upgrades: dict[str, UpgradeHandler] = {}
+
+    def add_upgrade(self, method: str, handler: UpgradeHandler) -> None:
+        """Hand IPC connections whose first request is `method` to `handler` (see ipc.py)."""
+        if method in self.upgrades:
+            raise StartupError(f"the IPC upgrade {method!r} is registered twice")
+        self.upgrades[method] = handler
 
     # -- public ------------------------------------------------------------------------------
     @property

@@ -1,7 +1,8 @@
 """The hub's IPC socket: newline-delimited JSON-RPC 2.0 over a Unix socket.
 
 Methods: `hello`, `actions`, `plugins`, `status`, `perform`, `job`, `query`, `subscribe`,
-`unsubscribe`, `shutdown`. A subscription streams `message` notifications. Requests on
+`unsubscribe`, `shutdown`; a connection whose first request names an upgrade a plugin
+registered (`mcp.open`: an MCP session) is handed to that plugin. A subscription streams `message` notifications. Requests on
 one connection run concurrently; replies carry the request's id. Peers of another uid
 are refused.
 """
@@ -14,6 +15,8 @@ import logging
 import os
 import socket
 import struct
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -74,6 +77,20 @@ async def serve(
         await listener.serve(lambda stream: Connection(hub, stream).run())
 
 
+@dataclass
+class Upgraded:
+    """A connection handed to an upgrade handler: the stream, its reader (which may hold
+    bytes already read), and the id and params of the request that asked for it."""
+
+    stream: anyio.abc.SocketStream
+    reader: BufferedByteReceiveStream
+    request_id: Any
+    params: dict[str, Any]
+
+
+UpgradeHandler = Callable[[Upgraded], Awaitable[None]]
+
+
 class Connection:
     """One client: reads requests, runs each in its own task, serializes replies."""
 
@@ -104,6 +121,7 @@ class Connection:
             await self.stream.aclose()
             return
         self.hub.clients += 1
+        first = True
         try:
             async with anyio.create_task_group() as tg:
                 while True:
@@ -121,8 +139,15 @@ class Connection:
                             _error(None, PARSE_ERROR, f"request line longer than {MAX_LINE} bytes")
                         )
                         break
-                    if line.strip():
-                        tg.start_soon(self.handle, line)
+                    if not line.strip():
+                        continue
+                    if first:
+                        first = False
+                        upgrade = self.upgrade(line)
+                        if upgrade is not None:
+                            await upgrade
+                            break
+                    tg.start_soon(self.handle, line)
                 tg.cancel_scope.cancel()
         finally:
             for sub in self.subs.values():
@@ -130,6 +155,27 @@ class Connection:
             self.hub.clients -= 1
             with contextlib.suppress(Exception):
                 await self.stream.aclose()
+
+    def upgrade(self, line: bytes) -> Awaitable[None] | None:
+        """When a connection's first request names one of the hub's upgrades (`mcp.open`),
+        the connection is handed to that upgrade's handler for good."""
+        if not self.hub.upgrades or not line.lstrip().startswith(b"{"):
+            return None
+        try:
+            req = json.loads(line)
+        except ValueError:
+            return None
+        if not isinstance(req, dict):
+            return None
+        handler = self.hub.upgrades.get(req.get("method"))  # type: ignore[arg-type]
+        if handler is None:
+            return None
+        params = req.get("params")
+        return handler(
+            Upgraded(
+                self.stream, self.reader, req.get("id"), params if isinstance(params, dict) else {}
+            )
+        )
 
     async def handle(self, line: bytes) -> None:
         req_id = None
@@ -166,7 +212,7 @@ class Connection:
 
     # -- methods -----------------------------------------------------------------------------
     async def rpc_hello(self) -> dict[str, Any]:
-        from .hub import version
+        from .version import version
 
         return {
             "protocol": PROTOCOL,

@@ -26,7 +26,11 @@ from .errors import StartupError
 log = logging.getLogger("fleetbus.plugins")
 
 ENTRY_POINT_GROUP = "fleetbus"
-DEFAULT_PLUGINS: tuple[str, ...] = ("fleetbus.plugins.hub", "fleetbus.plugins.runner")
+DEFAULT_PLUGINS: tuple[str, ...] = (
+    "fleetbus.plugins.hub",
+    "fleetbus.plugins.runner",
+    "fleetbus.server.mcp_host",
+)
 HOOK_NAMES = frozenset(
     name
     for name in dir(hookspecs)

@@ -1,5 +1,5 @@
 """`python -m fleetbus.server` is the `fleetbus` command."""
 
-from .cli import main
+from .main import main
 
 main()

@@ -6,9 +6,10 @@ that session only (when it is one of this server's); events without a session (f
 channels, runs started from the CLI or by agents) go to every session of this server.
 
 Each session has a `Coalescer`, a token bucket: events are sent at once while its budget
-lasts (4, refilled at one per `window`); past that they are held and sent as one coalesced
-event when the window closes (its meta names the runs in `run_ids`, its content gives one
-status per run), so a burst never floods a session and a lone event is never delayed.
+lasts (4, refilled at one per `window`); past that they are held, for `window` (50 ms) at
+most, and sent as one coalesced event whose meta names every run in `run_ids` and its
+status in `statuses` (`r1:completed,r2:failed`), so a burst never floods a session, no
+status lives only in the (capped) text, and no event waits more than `window`.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ META_KEY = re.compile(r"[^A-Za-z0-9_]")
 SESSION_KEY = "mcp_session"
 FLEET_CHANNEL = "fleet"  # fleet-wide events go to every session, whoever caused them
 MAX_CONTENT = 2000
+COALESCE_WINDOW = 0.05  # the longest an event is held back by coalescing
 
 
 @dataclass(frozen=True)
@@ -64,14 +66,14 @@ def coalesce(events: list[ChannelEvent]) -> ChannelEvent:
             latest[e.meta["run_id"]] = e  # keeps the run's first place, takes its last status
         else:
             others.append(e)
-    run_ids = list(latest)
     channels = sorted({e.meta.get("channel", "") for e in events})
     parts = [f"{rid} {e.meta.get('status', '?')}: {e.content}" for rid, e in latest.items()]
     parts += [e.content for e in others]
     meta = {
         "channel": channels[0] if len(channels) == 1 else "mixed",
         "coalesced": str(len(events)),
-        "run_ids": ",".join(run_ids),
+        "run_ids": ",".join(latest),
+        "statuses": ",".join(f"{rid}:{e.meta.get('status', '?')}" for rid, e in latest.items()),
     }
     content = f"{len(events)} fleetbus events: " + "; ".join(parts)
     return ChannelEvent(content[:MAX_CONTENT], meta)
@@ -79,15 +81,15 @@ def coalesce(events: list[ChannelEvent]) -> ChannelEvent:
 
 class Coalescer:
     """Sends one session's events at once while its budget lasts (`burst` events, refilled
-    at one per `window`); past that, holds them and sends them as one coalesced event when
-    the window closes, so a burst never floods a session."""
+    at one per `window`); past that, holds them and sends them as one coalesced event
+    `window` seconds after the first was held, so a burst never floods a session."""
 
     def __init__(
         self,
         send: Callable[[ChannelEvent], Awaitable[None]],
         task_group: anyio.abc.TaskGroup,
         *,
-        window: float = 0.5,
+        window: float = COALESCE_WINDOW,
         burst: int = 4,
     ) -> None:
         self._send = send

@@ -22,9 +22,9 @@ import click
 
 from fleetbus.bus.client import Client, connect
 from fleetbus.bus.errors import BusError, ConfigError, ConnectionFailed, StartupError, unwrap_group
-from fleetbus.bus.hub import version
 from fleetbus.bus.lock import is_locked
 from fleetbus.bus.paths import Home
+from fleetbus.bus.version import version
 
 T = TypeVar("T")
 

@@ -11,6 +11,8 @@ run time, from the hub.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import json
 import logging
 import secrets
@@ -21,48 +23,37 @@ from typing import Any, Literal
 import anyio
 import anyio.abc
 import mcp.types as types
+from anyio.streams.buffered import BufferedByteReceiveStream
 from mcp.server import NotificationOptions, Server, ServerRequestContext
 from mcp.server.models import InitializationOptions
 from mcp.server.session import ServerSession
 from mcp.shared.exceptions import MCPError
+from mcp.shared.message import SessionMessage
 from mcp.shared.uri_template import UriTemplate
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ValidationError
 
 from fleetbus.bus.client import Client
 from fleetbus.bus.context import Context
 from fleetbus.bus.errors import BusError, ConnectionFailed, InvalidInput
-from fleetbus.bus.hub import version
+from fleetbus.bus.version import version
 
-from .channels import SESSION_KEY, ChannelEvent, Coalescer, event_from_envelope
+from .channels import COALESCE_WINDOW, SESSION_KEY, ChannelEvent, Coalescer, event_from_envelope
+from .handshake import instructions
+from .tools import WATCH_TOOL, WatchInput, tool_list, tool_name
 
 log = logging.getLogger("fleetbus.mcp")
 
 CHANNEL_METHOD = "notifications/claude/channel"
-WATCH_TOOL = "fleetbus_watch"
 STATUS_URI = "fleetbus://status"
 RUN_LOG = UriTemplate.parse("fleetbus://runs/{run_id}/log")
 LOG_TAIL_BYTES = 64 * 1024
 ENDED = {"completed", "failed", "blocked", "cancelled", "timeout"}
-
-INSTRUCTIONS = """\
-fleetbus runs coding agents (codex, claude, gemini, shell, or any configured command) in
-isolated workspaces, under concurrency limits and a persistent queue.
-
-- Start work with runner_dispatch {agent, prompt, workspace}. It returns at once with a
-  run_id and status `running`, or `queued` with the reason (frozen, lane full, rate delay,
-  backoff, session busy). Do not poll.
-- When a run starts, finishes, fails, times out or blocks, a <channel source="fleetbus">
-  event arrives: one readable line, with meta run_id, workspace, agent and status (a burst
-  arrives as one event whose meta run_ids lists the runs). Events about runs you started
-  come to this session; fleet-wide events (queue drained, rate limits) to every session.
-- status `blocked` means the agent stopped with a question (quoted in the event). Answer it
-  with runner_dispatch to the same workspace, session_mode "followup", the answer as the
-  prompt: the new run gets the previous run's output as context.
-- fleetbus_watch {run_ids, timeout_s <= 100} waits until one of the runs ends.
-- runner_status shows counts, lanes and recent runs; the resource
-  fleetbus://runs/{run_id}/log holds a run's output. runner_stop / runner_start freeze and
-  unfreeze dispatch; runner_kill stops runs.
-"""
+CHANNEL_BUFFER = 16384  # channel messages waiting for this server: a burst of 500 runs fits
+MAX_LINE = 16 * 1024 * 1024
+CONNECTION: contextvars.ContextVar[str] = contextvars.ContextVar(
+    "fleetbus_mcp_connection", default="stdio"
+)
+"""The relayed connection a request came in on (set by `FleetMCP.serve_lines`)."""
 
 
 class ChannelParams(BaseModel):
@@ -75,83 +66,6 @@ class ChannelNotification(
 ):
     method: Literal["notifications/claude/channel"] = "notifications/claude/channel"
     params: ChannelParams
-
-
-class WatchInput(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    run_ids: list[str] = Field(
-        default_factory=list, max_length=100, description="Runs to wait for."
-    )
-    task_ids: list[str] = Field(
-        default_factory=list, max_length=100, description="Tasks to wait for (agentic service)."
-    )
-    timeout_s: float = Field(
-        60, ge=0, le=100, description="Return after this many seconds at most."
-    )
-
-
-WATCH_DESCRIPTION = (
-    "Wait until any of the given runs ends (completed, failed, blocked, cancelled or timeout) "
-    "and return how they stand; returns at the latest after timeout_s (at most 100 s), with "
-    "progress notifications while it waits."
-)
-
-
-def tool_name(action: str) -> str:
-    return action.replace(".", "_")
-
-
-class _Recursive(Exception):
-    pass
-
-
-def lean_schema(schema: dict[str, Any]) -> dict[str, Any]:
-    """The same constraints, cheaper for a client to check on every result: `$defs`
-    inlined, `anyOf [X, null]` as a type list, titles dropped. A schema whose references
-    cannot all be inlined (a recursive model) is returned unchanged."""
-    defs = schema.get("$defs", {})
-
-    def walk(node: Any, seen: frozenset[str]) -> Any:
-        if isinstance(node, list):
-            return [walk(v, seen) for v in node]
-        if not isinstance(node, dict):
-            return node
-        ref = node.get("$ref")
-        if isinstance(ref, str) and ref.startswith("#/$defs/") and len(node) == 1:
-            name = ref.removeprefix("#/$defs/")
-            if name in seen or name not in defs:
-                raise _Recursive
-            return walk(defs[name], seen | {name})
-        out: dict[str, Any] = {}
-        for key, value in node.items():
-            if key in ("$defs", "title"):
-                continue
-            if key in ("properties", "patternProperties") and isinstance(value, dict):
-                out[key] = {name: walk(v, seen) for name, v in value.items()}
-            else:
-                out[key] = walk(value, seen)
-        any_of = out.get("anyOf")
-        if isinstance(any_of, list) and all(
-            isinstance(x, dict) and set(x) == {"type"} and isinstance(x["type"], str)
-            for x in any_of
-        ):
-            del out["anyOf"]
-            out["type"] = [x["type"] for x in any_of]
-        return out
-
-    try:
-        lean = dict(walk(schema, frozenset()))
-    except _Recursive:
-        return schema
-    return schema if "$ref" in json.dumps(lean) else lean  # a reference left: keep $defs
-
-
-def object_schema(schema: dict[str, Any] | None) -> dict[str, Any]:
-    """MCP wants an object at the root of an input schema."""
-    if not schema or schema.get("type") != "object":
-        return {"type": "object", "properties": {}}
-    return schema
 
 
 def summary(action: str, result: Any) -> str:
@@ -210,9 +124,11 @@ class FleetMCP:
         self,
         get_client: Callable[[], Awaitable[Client]],
         *,
-        coalesce_window: float = 0.5,
+        coalesce_window: float = COALESCE_WINDOW,
+        on_tools_changed: Callable[[list[dict[str, Any]]], None] | None = None,
     ) -> None:
         self.get_client = get_client
+        self.on_tools_changed = on_tools_changed
         self.instance = secrets.token_hex(4)
         self.coalesce_window = coalesce_window
         self.actions: dict[str, dict[str, Any]] = {}  # tool name -> action info
@@ -221,7 +137,7 @@ class FleetMCP:
         self.server = FleetServer(
             "fleetbus",
             version=version(),
-            instructions=INSTRUCTIONS,
+            instructions=instructions(None),
             on_list_tools=self.list_tools,
             on_call_tool=self.call_tool,
             on_list_resources=self.list_resources,
@@ -236,7 +152,7 @@ class FleetMCP:
     def session_key(self, ctx: ServerRequestContext[Any, Any]) -> str:
         request = ctx.request
         sid = request.headers.get("mcp-session-id") if request is not None else None
-        return f"{self.instance}:{sid or 'stdio'}"
+        return f"{self.instance}:{sid or CONNECTION.get()}"
 
     async def on_initialized(
         self, ctx: ServerRequestContext[Any, Any], params: types.NotificationParams | None
@@ -270,6 +186,68 @@ class FleetMCP:
         for s in targets:
             await s.coalescer.push(event)
 
+    async def serve_lines(
+        self,
+        key: str,
+        reader: BufferedByteReceiveStream,
+        stream: anyio.abc.ByteSendStream,
+        *,
+        prime: list[dict[str, Any]],
+        drop_id: str,
+    ) -> None:
+        """Serve one MCP session over a byte stream of JSON lines (a relayed stdio client),
+        after feeding it `prime` (the client's initialize, whose answer `drop_id` is not
+        sent back: the relay gave it already)."""
+        read_send, read_recv = anyio.create_memory_object_stream[SessionMessage | Exception](16)
+        write_send, write_recv = anyio.create_memory_object_stream[SessionMessage](16)
+
+        async def read_lines() -> None:
+            async with read_send:
+                for obj in prime:
+                    await read_send.send(
+                        SessionMessage(types.jsonrpc_message_adapter.validate_python(obj))
+                    )
+                while True:
+                    try:
+                        line = await reader.receive_until(b"\n", MAX_LINE)
+                    except (anyio.EndOfStream, anyio.IncompleteRead, anyio.DelimiterNotFound):
+                        return
+                    except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+                        return
+                    if not line.strip():
+                        continue
+                    try:
+                        message = types.jsonrpc_message_adapter.validate_json(line, by_name=False)
+                    except Exception as e:
+                        await read_send.send(e)
+                        continue
+                    await read_send.send(SessionMessage(message))
+
+        async def write_lines() -> None:
+            async with write_recv:
+                async for item in write_recv:
+                    message = item.message
+                    if getattr(message, "id", None) == drop_id and not hasattr(message, "method"):
+                        continue
+                    data = message.model_dump_json(by_alias=True, exclude_unset=True)
+                    try:
+                        await stream.send(data.encode() + b"\n")
+                    except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+                        return
+
+        token = CONNECTION.set(key)
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(read_lines)
+                async with anyio.create_task_group() as serving:
+                    serving.start_soon(write_lines)  # ends when the server closes write_send
+                    await self.server.run(
+                        read_recv, write_send, self.server.create_initialization_options()
+                    )
+                tg.cancel_scope.cancel()
+        finally:
+            CONNECTION.reset(token)
+
     # -- the event pump ----------------------------------------------------------------------
     async def run(
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
@@ -282,10 +260,11 @@ class FleetMCP:
                 try:
                     client = await self.get_client()
                     changed = await self.refresh_actions(client)
-                    if changed and not first:
-                        for s in list(self.sessions.values()):
-                            await s.session.send_tool_list_changed()
-                    async with client.subscribe(["channel", "bus.actions_changed"]) as messages:
+                    if changed or first:
+                        await self.tools_changed(notify=not first)
+                    async with client.subscribe(
+                        ["channel", "bus.actions_changed"], buffer=CHANNEL_BUFFER
+                    ) as messages:
                         if first:
                             task_status.started()
                             first = False
@@ -293,11 +272,18 @@ class FleetMCP:
                             if envelope.get("topic") == "channel":
                                 await self.route(envelope)
                             elif await self.refresh_actions(client):
-                                for s in list(self.sessions.values()):
-                                    await s.session.send_tool_list_changed()
+                                await self.tools_changed(notify=True)
                 except ConnectionFailed as e:
                     log.warning("lost the hub: %s; reconnecting", e)
                 await anyio.sleep(0.2)  # the hub went away: reconnect (get_client restarts it)
+
+    async def tools_changed(self, *, notify: bool) -> None:
+        if self.on_tools_changed is not None:
+            self.on_tools_changed(tool_list(self.actions.values()))
+        if notify:
+            for s in list(self.sessions.values()):
+                with contextlib.suppress(Exception):  # a closing session
+                    await s.session.send_tool_list_changed()
 
     async def refresh_actions(self, client: Client) -> bool:
         actions = {tool_name(a["name"]): a for a in await client.actions(exposed_only=True)}
@@ -311,33 +297,11 @@ class FleetMCP:
     ) -> types.ListToolsResult:
         if not self.actions:
             await self.refresh_actions(await self.get_client())
-        tools = [
-            types.Tool(
-                name=name,
-                description=a["description"] or a["name"],
-                input_schema=object_schema(a["input_schema"]),
-                output_schema=lean_schema(a["output_schema"])
-                if (a["output_schema"] or {}).get("type") == "object"
-                else None,
-                annotations=types.ToolAnnotations(
-                    title=a["name"],
-                    read_only_hint=not a["mutating"],
-                    destructive_hint=bool(a["destructive"]),
-                ),
-            )
-            for name, a in sorted(self.actions.items())
-        ]
-        tools.append(
-            types.Tool(
-                name=WATCH_TOOL,
-                description=WATCH_DESCRIPTION,
-                input_schema=WatchInput.model_json_schema(),
-                annotations=types.ToolAnnotations(
-                    title="fleetbus watch", read_only_hint=True, destructive_hint=False
-                ),
-            )
-        )
-        return types.ListToolsResult(tools=tools)
+        return types.ListToolsResult(tools=self.tools())
+
+    def tools(self) -> list[types.Tool]:
+        """Every exposed action as a tool, plus fleetbus_watch."""
+        return [types.Tool.model_validate(t) for t in tool_list(self.actions.values())]
 
     async def call_tool(
         self, ctx: ServerRequestContext[Any, Any], params: types.CallToolRequestParams

@@ -105,10 +105,24 @@ async def fleet(home: Home, env: Mapping[str, str], *, embedded: bool) -> AsyncI
 
 
 async def serve_stdio(home: Home, env: Mapping[str, str], *, embedded: bool) -> None:
-    from mcp.server.stdio import stdio_server
+    """Relay stdio to an MCP session in the hub: the home's hub (started when none runs),
+    or with `embedded` one run in this process for as long as the client stays."""
+    from fleetbus.bus.hub import Hub
 
-    async with fleet(home, env, embedded=embedded) as app, stdio_server() as (read, write):
-        await app.server.run(read, write, app.server.create_initialization_options())
+    from .relay import Relay
+
+    if not embedded:
+        await anyio.to_thread.run_sync(Relay(home, env).run, abandon_on_cancel=True)
+        return
+    hub = Hub(home, env=env, idle_timeout=0)
+    with unwrap_group():
+        async with anyio.create_task_group() as tg:
+            await tg.start(hub.run)
+            try:
+                relay = Relay(home, env, socket_path=hub.socket_path)
+                await anyio.to_thread.run_sync(relay.run, abandon_on_cancel=True)
+            finally:
+                hub.request_stop()
 
 
 # -- HTTP ---------------------------------------------------------------------------------

@@ -104,7 +104,7 @@ def hub_process(
     home: Path, env: Mapping[str, str], *args: str
 ) -> Iterator[subprocess.Popen[bytes]]:
     """`fleetbus hub` as a real subprocess; yields once its socket answers, stops it after."""
-    from fleetbus.bus.client import _can_connect
+    from fleetbus.bus.hubstart import can_connect
 
     proc = subprocess.Popen(
         cli_command("hub", *args),
@@ -117,7 +117,7 @@ def hub_process(
     try:
         deadline = time.monotonic() + 20
         sock = Home(home).socket
-        while not _can_connect(sock):
+        while not can_connect(sock):
             if proc.poll() is not None:
                 raise RuntimeError(
                     f"hub exited: {proc.stderr.read().decode() if proc.stderr else ''}"

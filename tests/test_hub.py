@@ -71,7 +71,7 @@ async def test_startup_in_registration_order_and_shutdown_in_reverse(home: Path)
     log: list[str] = []
     plugins = [(n, Recorder(n, log)) for n in ("a", "b", "c")]
     async with embedded_hub(home, plugins=plugins) as hub:
-        assert hub.plugins.names == ["hub", "runner", "a", "b", "c"]
+        assert hub.plugins.names == ["hub", "runner", "mcp_host", "a", "b", "c"]
         assert log == ["start a", "start b", "start c"]
     assert log[3:] == ["stop c", "stop b", "stop a"]
 

@@ -20,8 +20,8 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 BIN = REPO / ".npm-tools" / "node_modules" / ".bin"
 INSTALL = (
-    "npm install --prefix .npm-tools "
-    "@modelcontextprotocol/inspector@0.15.0 @anthropic-ai/claude-code@2.1.197"
+    "npm install --prefix .npm-tools @modelcontextprotocol/inspector@2.12.0 "
+    "@anthropic-ai/claude-code@2.1.328 @openai/codex@0.169.0"
 )
 TOOLS = {
     "runner_dispatch",
@@ -79,6 +79,11 @@ def run(
     )
 
 
+def inspector_env(env: dict[str, str]) -> list[str]:
+    """The Inspector (2.x) gives the server only the variables passed with -e."""
+    return [arg for k, v in env.items() if k.startswith("FLEETBUS_") for arg in ("-e", f"{k}={v}")]
+
+
 def the_server_used(home: Path) -> None:
     """The server ran with the test's FLEETBUS_HOME (its hub's database is there)."""
     assert (home / "fleetbus.db").exists(), f"no hub ran in {home}: the env did not reach it"
@@ -87,7 +92,10 @@ def the_server_used(home: Path) -> None:
 # -- MCP Inspector (CLI mode) -----------------------------------------------------------------
 def test_inspector_lists_the_tools(home: Path, client_env: dict[str, str]) -> None:
     inspector = client_bin("mcp-inspector")
-    proc = run([str(inspector), "--cli", *SERVE, "--method", "tools/list"], client_env)
+    proc = run(
+        [str(inspector), "--cli", *inspector_env(client_env), *SERVE, "--method", "tools/list"],
+        client_env,
+    )
     assert proc.returncode == 0, proc.stderr
     tools = {t["name"]: t for t in json.loads(proc.stdout)["tools"]}
     assert set(tools) >= TOOLS, sorted(tools)
@@ -104,6 +112,7 @@ def test_inspector_calls_runner_status(home: Path, client_env: dict[str, str]) -
         [
             str(inspector),
             "--cli",
+            *inspector_env(client_env),
             *SERVE,
             "--method",
             "tools/call",

@@ -9,7 +9,7 @@ import pytest
 from pydantic import BaseModel
 
 from fleetbus.plugins.runner.models import DispatchResult, StatusResult
-from fleetbus.server.mcp_server import lean_schema
+from fleetbus.server.tools import lean_schema
 
 STATUS: dict[str, Any] = {
     "running": 1,

@@ -11,7 +11,8 @@ from pydantic import BaseModel, Field
 
 from fleetbus.bus import Context, InvalidInput, hookimpl
 from fleetbus.bus.actions import ActionRegistrar
-from fleetbus.bus.hub import Hub, version
+from fleetbus.bus.hub import Hub
+from fleetbus.bus.version import version
 
 
 class Ping(BaseModel):
