@@ -231,6 +231,15 @@ class AgentSpec(BaseModel):
             "'file' ({prompt_file} in command)."
         ),
     )
+    context: Literal["prompt", "file", "none"] = Field(
+        "prompt",
+        description=(
+            "How a followup run gets the previous run's context (its status, question and "
+            "output tail): 'prompt' prefixes it to the prompt, 'file' writes it to a file "
+            "named by $FLEETBUS_CONTEXT_FILE (the prompt stays as sent, e.g. for scripts), "
+            "'none' passes only $FLEETBUS_PREVIOUS_RUN_ID."
+        ),
+    )
     model_args: list[str] = Field(
         default_factory=list,
         description="Arguments appended only when a model is chosen, e.g. ['-m', '{model}'].",

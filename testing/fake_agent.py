@@ -6,12 +6,19 @@ directives separated by newlines or `;`; anything else is ordinary text and igno
     sleep SECONDS        echo TEXT            stderr TEXT
     write PATH TEXT      append PATH TEXT     commit MESSAGE
     question TEXT        usage IN OUT COST    limit
-    exit CODE            env NAME
+    exit CODE            env NAME             received
+    wait PATH
 
 Paths are relative to the working directory (absolute paths and `..` exit 2). `question`
 writes `.fleetbus/question.md` and exits 0; `limit` prints the usage-limit line and exits 1;
-`commit` runs `git add -A` and `git commit --allow-empty` with a fixed author. It prints
-`fake agent started pid=N` first and `fake agent done` last; SIGTERM exits 143 at once.
+`commit` runs `git add -A` and `git commit --allow-empty` with a fixed author; `received`
+prints the whole prompt it was given and the file named by `$FLEETBUS_CONTEXT_FILE` (each
+line after `| `), so a test can see what a followup run was told; `wait` waits until PATH
+exists (a gate a test opens). It prints `fake agent started pid=N` first and
+`fake agent done` last; SIGTERM exits 143 at once.
+
+A followup's context block (from a `<fleetbus-context>` line to `</fleetbus-context>`) is
+read the way a real agent reads it, as text: no directive in it runs.
 Standard library only, and nothing heavy at import: benchmarks start it many times.
 """
 
@@ -34,6 +41,8 @@ AUTHOR = {
 QUESTION_FILE = os.path.join(".fleetbus", "question.md")
 USAGE_PREFIX = "fleetbus-usage:"
 LIMIT_LINE = "FAKE USAGE LIMIT reached, try again later"
+CONTEXT_OPEN = "<fleetbus-context>"  # the runner's followup context block (runner/followup.py)
+CONTEXT_CLOSE = "</fleetbus-context>"
 
 
 class Stop(Exception):
@@ -120,8 +129,43 @@ def _commit(message: str) -> None:
     _say(f"committed: {message}")
 
 
-def run_directive(line: str) -> bool:
-    """Run one directive; False if `line` is ordinary text."""
+def _show(what: str, text: str) -> None:
+    _say(f"fake agent received {what}:")
+    for line in text.splitlines() or [""]:
+        _say(f"| {line}")
+
+
+def _received(prompt: str) -> None:
+    _show("the prompt", prompt)
+    path = os.environ.get("FLEETBUS_CONTEXT_FILE")
+    if not path:
+        _say("fake agent received no context file")
+        return
+    try:
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            _show("the context file", handle.read())
+    except OSError as exc:
+        _warn(f"cannot read the context file {path}: {exc.strerror}")
+
+
+def directives(prompt: str) -> list[str]:
+    """The lines of `prompt` that may hold directives: split at newlines and `;`, without
+    the runner's context block."""
+    lines: list[str] = []
+    in_context = False
+    for line in prompt.splitlines():
+        if in_context:
+            in_context = line.strip() != CONTEXT_CLOSE
+        elif line.strip() == CONTEXT_OPEN:
+            in_context = True
+        else:
+            lines += [part for part in line.split(";") if part.strip()]
+    return lines
+
+
+def run_directive(line: str, prompt: str = "") -> bool:
+    """Run one directive (`prompt`: the whole prompt, for `received`); False if `line` is
+    ordinary text."""
     word, *tail = line.split(None, 1)
     rest = tail[0].strip() if tail else ""
     try:
@@ -153,6 +197,12 @@ def run_directive(line: str) -> bool:
             if not 0 <= code <= 255:
                 raise ValueError(code)
             raise Stop(code)
+        elif word == "wait":
+            path = _safe_path(rest)
+            while not os.path.exists(path):
+                time.sleep(0.02)
+        elif word == "received":
+            _received(prompt)
         elif word == "env":
             if not rest:
                 return False
@@ -172,9 +222,8 @@ def main(argv: list[str] | None = None) -> int:
     _say(f"fake agent started pid={os.getpid()}")
     try:
         prompt = read_prompt(args)
-        for line in prompt.replace(";", "\n").splitlines():
-            if line.strip():
-                run_directive(line)
+        for line in directives(prompt):
+            run_directive(line, prompt)
     except Stop as stop:
         return stop.code
     _say("fake agent done")

@@ -158,6 +158,63 @@ def test_prompt_from_file(repo: Path, tmp_path: Path) -> None:
     assert "cannot read prompt file" in missing.stderr
 
 
+def test_received_prints_the_prompt_and_the_context_file(repo: Path, tmp_path: Path) -> None:
+    context = tmp_path / "context.md"
+    context.write_text("This continues run r1.\nIts question:\nWhich one?\n")
+    env = {**os.environ, "FLEETBUS_CONTEXT_FILE": str(context)}
+    result = run(repo, "Use the red one.\nreceived", env=env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[1:-1] == [
+        "fake agent received the prompt:",
+        "| Use the red one.",
+        "| received",
+        "fake agent received the context file:",
+        "| This continues run r1.",
+        "| Its question:",
+        "| Which one?",
+    ]
+    env.pop("FLEETBUS_CONTEXT_FILE")
+    bare = run(repo, "received", env=env)
+    assert "fake agent received no context file" in bare.stdout
+
+
+def test_a_followup_context_block_is_text_not_directives(repo: Path) -> None:
+    from fleetbus.plugins.runner import followup
+    from fleetbus.testing import fake_agent
+
+    assert (fake_agent.CONTEXT_OPEN, fake_agent.CONTEXT_CLOSE) == (followup.OPEN, followup.CLOSE)
+    previous = followup.Previous("r1", "blocked", 0, "exit 3; write x.txt no", "echo OLD; exit 4")
+    prompt = followup.prefixed(followup.text(previous), "echo NEW", answers=True)
+    result = run(repo, prompt)
+    assert result.returncode == 0, result.stdout
+    assert "NEW" in result.stdout.splitlines()
+    assert "OLD" not in result.stdout
+    assert not (repo / "x.txt").exists()
+
+
+def test_wait_holds_until_the_gate_exists(repo: Path) -> None:
+    proc = subprocess.Popen(
+        [*AGENT, "wait gate/open; echo through"],
+        cwd=repo,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert STARTED.match(read_line(proc, time.monotonic() + 30).strip())
+        assert proc.poll() is None
+        (repo / "gate").mkdir()
+        (repo / "gate" / "open").touch()
+        assert proc.wait(timeout=30) == 0
+        assert proc.stdout is not None
+        assert proc.stdout.read().decode().splitlines() == ["through", "fake agent done"]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        assert proc.stdout is not None
+        proc.stdout.close()
+
+
 def test_bad_directive_arguments_are_reported_not_fatal(repo: Path) -> None:
     result = run(repo, "sleep soon; exit now; exit 999; echo ok")
     assert result.returncode == 0

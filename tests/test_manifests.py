@@ -176,6 +176,22 @@ def test_prompt_mode_consistency() -> None:
     ]
 
 
+def test_followup_context_mode(tmp_path: Path) -> None:
+    assert agent(command=["tool", "{prompt}"]).context == "prompt"
+    assert agent(command=["tool", "{prompt}"], context="file").context == "file"
+    assert agent(command=["tool", "{prompt}"], context="none").context == "none"
+    assert "'prompt', 'file' or 'none'" in agent_error(command=["tool", "{prompt}"], context="env")
+    agents = load_manifest(env=env_for(tmp_path)).agents
+    # a script agent keeps its script valid: its context goes to a file
+    assert {name: spec.context for name, spec in agents.items()} == {
+        "codex": "prompt",
+        "claude": "prompt",
+        "gemini": "prompt",
+        "shell": "file",
+        "fake": "prompt",
+    }
+
+
 def test_model_placeholder_lives_in_model_args() -> None:
     assert "{model} belongs in model_args" in agent_error(command=["tool", "{prompt}", "{model}"])
     assert "{prompt} belongs in command" in agent_error(

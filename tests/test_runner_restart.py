@@ -388,6 +388,28 @@ def test_exit_while_the_hub_is_down_is_recorded_with_its_code(cli: Cli, home: Pa
     assert st["running"] == 0 and st["lanes"]["fake"]["running"] == 0, st
 
 
+def test_a_question_asked_while_the_hub_is_down_blocks_the_run(cli: Cli, home: Path) -> None:
+    start_hub(cli, home)
+    name = "restart/app/ask"
+    run = call(home, "runner.dispatch", fake("wait .go; question Asked while you were away?", name))
+    assert run["status"] == "running", run
+    rid = run["run_id"]
+    wait_status(home, rid, lambda r: r["pid"] is not None)
+    sigkill_hub(home)
+    (workspace_dir(home, name) / ".go").touch()
+    exit_file = run_dir(home, rid) / "exit"
+    assert wait_for(lambda: read_int(exit_file) == 0)
+
+    got = runs_by_id(cli_json(cli, "call", "runner.status", '{"limit": 1000}'))[rid]
+    assert (got["status"], got["reason"], got["question"]) == (
+        "blocked",
+        "question: Asked while you were away?",
+        "Asked while you were away?",
+    ), got
+    assert not (workspace_dir(home, name) / ".fleetbus" / "question.md").exists()
+    assert (run_dir(home, rid) / "question.md").read_text() == "Asked while you were away?\n"
+
+
 def test_process_gone_without_exit_file_is_failed(cli: Cli, home: Path) -> None:
     start_hub(cli, home)
     run = call(

@@ -47,7 +47,8 @@ class DispatchResult(BaseModel):
     run_id: str
     status: RunStatus
     reason: str = Field(
-        description="Why it is queued or was refused, in words; empty when running."
+        description="Why it is queued or was refused, in words; empty when running, except "
+        "for a followup with no earlier run in its workspace, which starts without context."
     )
     queue_position: int | None = Field(
         None, description="1-based place among all queued runs, when queued."
@@ -81,6 +82,12 @@ class RunInfo(BaseModel):
     exit_code: int | None
     log: str | None
     usage: dict[str, Any] | None = None
+    question: str | None = Field(
+        None, description="The question the run left (.fleetbus/question.md), at most 64 KiB."
+    )
+    previous_run_id: str | None = Field(
+        None, description="A followup: the run whose context it was given."
+    )
 
 
 class LaneInfo(BaseModel):
@@ -153,6 +160,7 @@ class RunCompleted(RunEvent):
     duration_s: float | None
     reason: str = ""
     usage: dict[str, Any] | None = None
+    question: str | None = None  # blocked: what the agent asked (at most 64 KiB)
 
 
 class QueueDrained(Message):

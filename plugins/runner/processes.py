@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import stat
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -147,11 +148,18 @@ def read_int(path: Path) -> int | None:
 
 
 def tail(path: Path, size: int = 65536) -> str:
-    """The last `size` bytes of a log, decoded leniently."""
+    """The last `size` bytes of a log, decoded leniently; "" unless it is a regular file
+    (an agent can reach its run directory: a FIFO there must not hang the hub)."""
     try:
-        with open(path, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            f.seek(max(0, f.tell() - size))
-            return f.read().decode(errors="replace")
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError:
         return ""
+    with open(fd, "rb") as f:
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                return ""
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - size))
+            return f.read(size).decode(errors="replace")
+        except OSError:
+            return ""

@@ -51,3 +51,9 @@ def m0001_initial(db: Database) -> None:
         )
         """
     )
+
+
+@migrations()
+def m0002_run_question(db: Database) -> None:
+    """The question a run left in its workspace (`.fleetbus/question.md`), taken when it ended."""
+    db.execute("ALTER TABLE runs ADD COLUMN question TEXT")

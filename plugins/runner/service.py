@@ -9,8 +9,27 @@ Decisions this module makes where the issue is silent:
   at once; prompts that arrive while a run is active merge into the waiting run when they
   come within `debounce_ms` of the previous one, and the merged run waits for that quiet
   period before it starts.
-- A followup run's prompt is prefixed with the previous run's status and the tail of its
-  output, and it gets `FLEETBUS_PREVIOUS_RUN_ID`.
+- A followup run continues the run that started last in its workspace before it: that
+  run is looked up when the followup STARTS (not when it is dispatched), on every path
+  (an idle workspace, a busy one, a prompt merged by debounce), so it is the run that
+  really came before it. The followup gets `FLEETBUS_PREVIOUS_RUN_ID` and, as its agent's
+  manifest `context` says (`prompt`, `file` or `none`; see followup.py), that run's
+  status, its question when it was blocked, and the end of its output.
+- A followup to a workspace where nothing has run starts without context; its dispatch
+  result says so in `reason` ("no earlier run in this workspace: started without
+  context"), since it is the field a caller already reads, and `runner.status` shows no
+  `previous_run_id` for it.
+- The question an agent writes (`.fleetbus/question.md`) is taken when its run ends,
+  whatever the ending (see questions.py): the text goes into the run's record (`question`,
+  and `runs/<id>/question.md`) and the file leaves the workspace, so no later run inherits
+  it. A run is `blocked` iff it exited 0 and a question was there when it ended; a question
+  that is not a regular file is not read, and the run says why in its reason. Something
+  already at that path when a run STARTS (left by a process that outlived its run, or by
+  a hand, or by an older fleetbus) is taken into the new run's directory as
+  `leftover-question.md` and logged, never attributed to the new run; this is skipped
+  while another run is active in the workspace (`session.max_concurrent` > 1), whose
+  question it may be. With several runs active in one workspace, a question goes to the
+  first of them that ends after it was written.
 - After any run ends, what is left of its process group is killed: agents must not leave
   daemons behind.
 - The environment of an agent is its manifest allowlist plus `PATH`, `LANG`, `LC_ALL`,
@@ -39,7 +58,7 @@ import anyio
 from fleetbus.bus import ChannelPush, Context, InvalidInput, Refused, Store, Tx
 from fleetbus.bus.manifests import AgentSpec
 
-from . import processes
+from . import followup, processes, questions
 from .limits import Lanes, Pool, hhmm
 from .models import (
     ENDED,
@@ -71,6 +90,8 @@ log = logging.getLogger("fleetbus.runner")
 
 PASSED_ENV = ("PATH", "LANG", "LC_ALL", "TZ", "TMPDIR")
 MAX_ARG_PROMPT = 100 * 1024  # Linux caps one argument at 128 KiB
+# questions listed whole in one runner.status answer (newest first); past that, quoted short
+STATUS_QUESTION_BYTES = 1024 * 1024
 STATUS_CHANNEL = "agent.status"
 FLEET_CHANNEL = "fleet"
 
@@ -160,6 +181,7 @@ class Head:
     agent: str
     model: str | None
     workspace: str
+    session_mode: str
 
 
 class Runner:
@@ -305,12 +327,17 @@ class Runner:
             return
         code = processes.read_int(run_dir / "exit")
         ended = (run_dir / "exit").stat().st_mtime if code is not None else self.now()
+        taken = await self._take_question(row["workspace"], row["id"], run_dir)
         if code is None:
-            status, reason = "failed", "process died while the hub was down"
+            status, reason = self._outcome(
+                code, taken, ("failed", "process died while the hub was down")
+            )
         else:
-            status, reason = self._status_for(code, row["workspace"], row["started_at"])
+            status, reason = self._outcome(code, taken)
         usage = self._usage(row["agent"], run_dir)
-        await self.store.write(self._end_writer(row, status, reason, code, ended, usage))
+        await self.store.write(
+            self._end_writer(row, status, reason, code, ended, usage, question=taken.text)
+        )
         log.info("run %s ended while the hub was down: %s", row["id"], status)
 
     # -- dispatch ----------------------------------------------------------------------------
@@ -409,6 +436,9 @@ class Runner:
             busy = self.session_active[name] >= self.session.max_concurrent
             if mode == "interrupt":
                 await self._interrupt(name, ctx)
+            # a followup learns here whether anything ran before it (for its result); the
+            # run it continues is looked up again when it starts
+            previous = await self._previous_run(name) if mode == "followup" else None
             if (
                 not busy
                 and not self.frozen
@@ -418,10 +448,15 @@ class Runner:
             ):
                 # the fast path: nothing waits ahead of it, so it starts now (one commit)
                 row = await self._insert(
-                    base, status="running", reason="", started_at=now, claimed=True
+                    base,
+                    status="running",
+                    reason="",
+                    started_at=now,
+                    claimed=True,
+                    previous_run=previous,
                 )
                 await self._launch(row, now)
-                return await self._result(row)
+                return self._noted(await self._result(row), mode, previous, ahead=0)
             queued_here = await self._session_queue(name) if self.queued_by_workspace[name] else []
             if queued_here and self.session.debounce_ms > 0 and mode != "interrupt":
                 last = queued_here[-1]
@@ -437,9 +472,10 @@ class Runner:
                     and req.idempotency_key is None
                     and fits
                 ):
-                    return await self._merge(
-                        last, req.prompt, PRIORITIES[req.priority], now + window
+                    merged_result = await self._merge(
+                        last, req.prompt, PRIORITIES[req.priority], now + window, mode
                     )
+                    return self._noted(merged_result, mode, previous, len(queued_here) - 1)
             if len(queued_here) >= self.session.cap:
                 if self.session.drop == "new":
                     row = await self._insert(
@@ -456,17 +492,15 @@ class Runner:
                     [queued_here[0]["id"]],
                     f"dropped: the session queue of {name} was full ({self.session.cap} waiting; drop old)",
                 )
-            previous = await self._previous_run(name) if mode == "followup" else None
             waiting = busy or bool(queued_here)
             row = await self._insert(
                 base,
                 status="queued",
                 reason="session busy" if waiting else "",
                 not_before=now + self.session.debounce_ms / 1000 if waiting else 0.0,
-                previous_run=previous,
             )
             await self._drain()
-            result = await self._result(row)
+            result = self._noted(await self._result(row), mode, previous, len(queued_here))
             if result.status == "queued":
                 self._had_queue = True  # "queue drained" is news once this one starts
                 self.hub.bus.publish(
@@ -481,6 +515,20 @@ class Runner:
                     ctx,
                 )
             return result
+
+    @staticmethod
+    def _noted(
+        result: DispatchResult, mode: str, previous: str | None, ahead: int
+    ) -> DispatchResult:
+        """`result`, saying so when a followup has no earlier run to continue (`ahead`:
+        runs queued before it in its workspace, which may yet give it one)."""
+        if mode != "followup" or previous is not None or ahead:
+            return result
+        if result.status == "running":
+            result.reason = followup.NO_EARLIER_RUN
+        elif result.status == "queued":
+            result.reason = f"{result.reason}; {followup.NO_EARLIER_RUN_YET}"
+        return result
 
     async def _result(self, row: dict[str, Any]) -> DispatchResult:
         """What dispatch answers about `row`: its status, why it waits and its place."""
@@ -545,16 +593,19 @@ class Runner:
         return await self.store.read(q)
 
     async def _merge(
-        self, last: dict[str, Any], prompt: str, priority: int, not_before: float
+        self, last: dict[str, Any], prompt: str, priority: int, not_before: float, mode: str
     ) -> DispatchResult:
-        """Append a prompt to the workspace's waiting run; the more urgent priority wins."""
+        """Append a prompt to the workspace's waiting run; the more urgent priority wins,
+        and a followup makes the merged run a followup (it gets the context)."""
 
         def merge(tx: Tx) -> dict[str, Any]:
             return dict(
                 tx.execute(
                     "UPDATE runs SET prompt = prompt || ? || ?, not_before = ?, "
-                    "priority = min(priority, ?) WHERE id = ? RETURNING *",
-                    ["\n\n", prompt, not_before, priority, last["id"]],
+                    "priority = min(priority, ?), "
+                    "session_mode = CASE WHEN ? = 'followup' THEN 'followup' ELSE session_mode END "
+                    "WHERE id = ? RETURNING *",
+                    ["\n\n", prompt, not_before, priority, mode, last["id"]],
                 ).fetchone()
             )
 
@@ -563,12 +614,12 @@ class Runner:
         return result
 
     async def _previous_run(self, workspace: str) -> str | None:
-        active = [a.run_id for a in self.active.values() if a.workspace == workspace]
-        if active:
-            return active[-1]
+        """The run that started last in `workspace` (running or ended), which a followup
+        starting now continues; runs cancelled before they started do not count."""
         row = await self.store.read(
             lambda db: db.execute(
-                "SELECT id FROM runs WHERE workspace = ? AND status != 'queued' ORDER BY seq DESC LIMIT 1",
+                "SELECT id FROM runs WHERE workspace = ? AND started_at IS NOT NULL "
+                "ORDER BY started_at DESC, seq DESC LIMIT 1",
                 [workspace],
             ).fetchone()
         )
@@ -705,7 +756,7 @@ class Runner:
             if a == agent and self.lanes.blocker(agent, m) is not None and n > 0
         ]
         sql = (
-            "SELECT id, seq, priority, model, workspace FROM runs "
+            "SELECT id, seq, priority, model, workspace, session_mode FROM runs "
             "WHERE status = 'queued' AND agent = ? AND not_before <= ?"
         )
         params: list[Any] = [agent, now]
@@ -732,19 +783,30 @@ class Runner:
             self._wake(later)
         if row is None:
             return None
-        return Head(row["id"], row["seq"], row["priority"], agent, row["model"], row["workspace"])
+        return Head(
+            row["id"],
+            row["seq"],
+            row["priority"],
+            agent,
+            row["model"],
+            row["workspace"],
+            row["session_mode"],
+        )
 
     async def _start(self, head: Head) -> None:
         """Claim a queued run (committed before anything is spawned), then launch it."""
         now = self.now()
         run_dir = str(self.runs_dir / head.run_id)
+        previous = (
+            await self._previous_run(head.workspace) if head.session_mode == "followup" else None
+        )
 
         def claim(tx: Tx) -> dict[str, Any]:
             return dict(
                 tx.execute(
-                    "UPDATE runs SET status = 'running', reason = '', started_at = ?, run_dir = ? "
-                    "WHERE id = ? RETURNING *",
-                    [now, run_dir, head.run_id],
+                    "UPDATE runs SET status = 'running', reason = '', started_at = ?, run_dir = ?, "
+                    "previous_run = ? WHERE id = ? RETURNING *",
+                    [now, run_dir, previous, head.run_id],
                 ).fetchone()
             )
 
@@ -772,14 +834,19 @@ class Runner:
             FLEETBUS_HOME=str(self.hub.home.root),
             FLEETBUS_WORKSPACE=str(workspace),
         )
-        if row.get("previous_run"):
-            env["FLEETBUS_PREVIOUS_RUN_ID"] = row["previous_run"]
-            prompt = await self._followup_prompt(row["previous_run"], prompt)
+        previous = row.get("previous_run")
+        if previous:
+            env["FLEETBUS_PREVIOUS_RUN_ID"] = previous
+        elif row.get("session_mode") == "followup":
+            log.info("run %s: no earlier run in %s: started without context", run_id, workspace)
         prompt_file = run_dir / "prompt.txt"
         try:
+            if previous and spec.context != "none":
+                prompt = await self._with_context(spec, previous, prompt, run_dir, env)
             if spec.prompt != "arg":
                 prompt_file.write_text(prompt)
             resolve(row["workspace"], self.root, create=True)
+            await self._take_leftover(row["workspace"], run_id, run_dir)
             argv = spec.render(
                 prompt if spec.prompt == "arg" else None,
                 str(prompt_file) if spec.prompt == "file" else None,
@@ -826,20 +893,51 @@ class Runner:
         )
         self.hub.task_group.start_soon(self._supervise, active, name=f"run {run_id}")
 
-    async def _followup_prompt(self, previous: str, prompt: str) -> str:
+    async def _with_context(
+        self, spec: AgentSpec, previous: str, prompt: str, run_dir: Path, env: dict[str, str]
+    ) -> str:
+        """The prompt of a followup of run `previous`, its context added as the agent's
+        manifest says: before the prompt, or in a file named by FLEETBUS_CONTEXT_FILE."""
         row = await self.store.read(
             lambda db: db.execute(
-                "SELECT status, exit_code, run_dir FROM runs WHERE id = ?", [previous]
+                "SELECT status, exit_code, run_dir, question FROM runs WHERE id = ?", [previous]
             ).fetchone()
         )
         if row is None:
             return prompt
-        output = processes.tail(Path(row["run_dir"]) / "output.log", 4000) if row["run_dir"] else ""
-        output = output.replace("\x00", "")  # a NUL cannot travel in an argument
-        return (
-            f"This continues run {previous} in this workspace (it ended {row['status']}, "
-            f"exit {row['exit_code']}). The end of its output:\n{output.strip()}\n\n"
-            f"Follow-up:\n{prompt}"
+        before = followup.Previous(
+            run_id=previous,
+            status=row["status"],
+            exit_code=row["exit_code"],
+            question=row["question"] if row["status"] == "blocked" else None,
+            output_tail=processes.tail(Path(row["run_dir"]) / "output.log", followup.TAIL_BYTES)
+            if row["run_dir"]
+            else "",
+        )
+        if spec.context == "file":
+            context_file = run_dir / "context.md"
+            context_file.write_text(followup.text(before) + "\n")
+            env["FLEETBUS_CONTEXT_FILE"] = str(context_file)
+            return prompt
+        # on a command line, prompt and context together must fit in one argument
+        limit = MAX_ARG_PROMPT - len(prompt.encode()) if spec.prompt == "arg" else None
+        context = followup.text(before, limit)
+        return followup.prefixed(context, prompt, answers=before.question is not None)
+
+    async def _take_leftover(self, workspace: str, run_id: str, run_dir: Path) -> None:
+        """Take a question that is already in the workspace when a run starts into the run's
+        directory (`leftover-question.md`), so it is never taken for this run's own."""
+        if self.session_active[workspace] or not questions.present(self.root / workspace):
+            return  # another run of the workspace is active: the question may be its own
+        taken = await anyio.to_thread.run_sync(
+            questions.take, self.root, workspace, run_id, run_dir / "leftover-question.md"
+        )
+        log.info(
+            "run %s: took a leftover %s out of %s before it started%s",
+            run_id,
+            questions.RELATIVE,
+            workspace,
+            f" ({taken.problem})" if taken.problem else "",
         )
 
     def _track(self, active: Active) -> None:
@@ -896,8 +994,10 @@ class Runner:
             await self._ended_event.wait()
             self._ended_event = anyio.Event()
             batch, self._ended = self._ended, []
+            # before the lock: each workspace stays held by its run until _settle frees it
+            taken = await anyio.to_thread.run_sync(self._take_questions, batch)
             async with self.lock:
-                writers = [self._settle(active) for active in batch]
+                writers = [self._settle(active, q) for active, q in zip(batch, taken, strict=True)]
 
                 def record(tx: Tx, writers: list[Callable[[Tx], None]] = writers) -> None:
                     for write in writers:
@@ -922,19 +1022,41 @@ class Runner:
             return
         processes.signal_group(active.pid, signal.SIGKILL)
 
-    def _status_for(self, code: int, workspace: str, started_at: float | None) -> tuple[str, str]:
-        if code == 0:
-            question = resolve(workspace, self.root, create=False) / ".fleetbus" / "question.md"
-            try:
-                if question.exists() and (
-                    started_at is None or question.stat().st_mtime >= started_at - 1
-                ):
-                    text = question.read_text(errors="replace").strip().splitlines()
-                    return "blocked", f"question: {text[0] if text else '(empty)'}"
-            except OSError:
-                pass
-            return "completed", ""
-        return "failed", f"exit {code}"
+    async def _take_question(self, workspace: str, run_id: str, run_dir: Path) -> questions.Taken:
+        """The question run `run_id` left in its workspace, taken out of it (off the loop:
+        the workspace is the agent's, and may hold anything)."""
+        return await anyio.to_thread.run_sync(
+            questions.take, self.root, workspace, run_id, run_dir / "question.md"
+        )
+
+    def _take_questions(self, batch: list[Active]) -> list[questions.Taken]:
+        """The questions the runs of `batch` left (in a worker thread)."""
+        return [
+            questions.take(self.root, a.workspace, a.run_id, a.run_dir / "question.md")
+            for a in batch
+        ]
+
+    @staticmethod
+    def _outcome(
+        code: int | None, taken: questions.Taken, stopped: tuple[str, str] | None = None
+    ) -> tuple[str, str]:
+        """(status, reason) of an ended run: `stopped` when the runner ended it (or knows
+        better), else `blocked` iff it exited 0 leaving a question, `completed` for other
+        exits 0, `failed` for the rest. A question that could not be read says why."""
+        if stopped is not None:
+            status, reason = stopped
+        elif code is None:
+            status, reason = "failed", "the process ended without an exit status"
+        elif code != 0:
+            status, reason = "failed", f"exit {code}"
+        elif taken.text is not None:
+            return "blocked", f"question: {questions.first_line(taken.text)}"
+        else:
+            status, reason = "completed", ""
+        if taken.problem:
+            why = f"question not read: {taken.problem}"
+            reason = f"{reason}; {why}" if reason else why
+        return status, reason
 
     def _usage(self, agent: str, run_dir: Path) -> dict[str, Any] | None:
         spec = self.agents.get(agent)
@@ -944,16 +1066,14 @@ class Runner:
         data = {k: v for k, v in reading.model_dump().items() if v is not None}
         return data or None
 
-    def _settle(self, active: Active) -> Callable[[Tx], None]:
+    def _settle(self, active: Active, taken: questions.Taken) -> Callable[[Tx], None]:
         """Decide how a run ended and free its slot; returns what records and announces it."""
         now = self.now()
         code = active.exit_code
-        if active.stop_status is not None:
-            status, reason = active.stop_status, active.stop_reason
-        elif code is None:
-            status, reason = "failed", "the process ended without an exit status"
-        else:
-            status, reason = self._status_for(code, active.workspace, active.started_at)
+        stopped = (
+            (active.stop_status, active.stop_reason) if active.stop_status is not None else None
+        )
+        status, reason = self._outcome(code, taken, stopped)
         usage = self._usage(active.agent, active.run_dir)
         pool = self.pools.get(active.agent)
         tripped: str | None = None
@@ -982,7 +1102,14 @@ class Runner:
             "origin": json.dumps(active.origin),
         }
         return self._end_writer(
-            row, status, reason, code, now, usage, pool=pool if tripped else None
+            row,
+            status,
+            reason,
+            code,
+            now,
+            usage,
+            pool=pool if tripped else None,
+            question=taken.text,
         )
 
     def _end_messages(
@@ -994,6 +1121,7 @@ class Runner:
         started_at: float | None,
         ended: float,
         usage: dict[str, Any] | None = None,
+        question: str | None = None,
     ) -> tuple[RunCompleted, ChannelPush]:
         """The run_completed message and the channel event announcing how a run ended."""
         duration = ended - started_at if started_at else None
@@ -1007,12 +1135,16 @@ class Runner:
             duration_s=round(duration, 3) if duration is not None else None,
             reason=reason,
             usage=usage,
+            question=question,
         )
         extra = {"exit_code": str(code)} if code is not None else {}
-        if duration is None:
+        if duration is not None:
+            extra["duration_s"] = f"{duration:.1f}"
+        if status == "blocked" and question is not None:
+            content = f"{ref.agent} is blocked in {ref.workspace}: {questions.snippet(question)}"
+        elif duration is None:
             content = f"{ref.agent} dropped {ref.workspace}: {status} ({reason})"
         else:
-            extra["duration_s"] = f"{duration:.1f}"
             exit_text = f", exit {code}" if code is not None else ""
             why = f" ({reason})" if reason and reason != f"exit {code}" else ""
             took = duration_text(duration)
@@ -1029,18 +1161,21 @@ class Runner:
         usage: dict[str, Any] | None,
         *,
         pool: Pool | None = None,
+        question: str | None = None,
     ) -> Callable[[Tx], None]:
         """What records a run's end in a transaction (messages go out after its commit)."""
         active = RunRef.of(row)
         ctx = self._context(active)
         completed, channel = self._end_messages(
-            active, status, reason, code, row.get("started_at"), ended, usage
+            active, status, reason, code, row.get("started_at"), ended, usage, question
         )
+        usage_json = json.dumps(usage) if usage else None
 
         def end(tx: Tx) -> None:
             tx.execute(
-                "UPDATE runs SET status = ?, reason = ?, exit_code = ?, ended_at = ?, usage = ? WHERE id = ?",
-                [status, reason, code, ended, json.dumps(usage) if usage else None, active.run_id],
+                "UPDATE runs SET status = ?, reason = ?, exit_code = ?, ended_at = ?, usage = ?, "
+                "question = ? WHERE id = ?",
+                [status, reason, code, ended, usage_json, question, active.run_id],
             )
             tx.publish(completed, ctx)
             tx.publish(channel, ctx)
@@ -1197,7 +1332,8 @@ class Runner:
                 dict(r)
                 for r in db.execute(
                     f"SELECT id, workspace, agent, model, priority, status, reason, pid, created_at, not_before, started_at, "
-                    f"ended_at, exit_code, run_dir, usage FROM runs WHERE {where} ORDER BY seq DESC LIMIT ?",
+                    f"ended_at, exit_code, run_dir, usage, question, previous_run FROM runs WHERE {where} "
+                    "ORDER BY seq DESC LIMIT ?",
                     [*params, req.limit],
                 )
             ]
@@ -1205,8 +1341,16 @@ class Runner:
 
         counts, rows = await self.store.read(read)
         runs = []
+        room = STATUS_QUESTION_BYTES
         for r in rows:
             active = self.active.get(r["id"])
+            question = r["question"]
+            if question is not None:
+                size = len(question.encode())
+                if size <= room:
+                    room -= size
+                else:  # a long list of long questions must not make an answer too big to send
+                    question = f"{questions.snippet(question)} (cut: ask runner.status for run {r['id']} alone)"
             runs.append(
                 RunInfo(
                     run_id=r["id"],
@@ -1223,6 +1367,8 @@ class Runner:
                     exit_code=r["exit_code"],
                     log=str(Path(r["run_dir"]) / "output.log") if r["run_dir"] else None,
                     usage=json.loads(r["usage"]) if r["usage"] else None,
+                    question=question,
+                    previous_run_id=r["previous_run"],
                 )
             )
         now = self.now()
