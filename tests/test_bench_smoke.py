@@ -15,7 +15,9 @@ BENCH = Path(__file__).resolve().parent / "bench"
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("script", ["bench_bus.py", "bench_runner.py", "bench_mcp.py"])
+@pytest.mark.parametrize(
+    "script", ["bench_bus.py", "bench_runner.py", "bench_mcp.py", "bench_assistant_loop.py"]
+)
 def test_benchmark_runs_and_its_checks_hold(script: str) -> None:
     proc = subprocess.run(
         [sys.executable, str(BENCH / script), "--quick", "--json"],

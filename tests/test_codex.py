@@ -230,3 +230,8 @@ def test_fake_responses_answers_from_its_script() -> None:
         assert len(api.requests) == 4 and "GET /v1/models" in api.summary()
     with pytest.raises(RuntimeError):
         _ = api.url  # a stopped fake has no url
+
+
+def test_the_readme_gives_the_table_the_test_uses() -> None:
+    readme = (REPO / "README.md").read_text()
+    assert f"```toml\n{codex_mcp_table()}```" in readme, "README's Codex section differs"
