@@ -121,6 +121,41 @@ def test_claude_codes_opening_ends_on_the_handshake_with_channels(
         assert event["params"]["content"].startswith("quick finished acme/wire/one: completed")
 
 
+def test_a_blocked_agent_answered_with_a_followup_completes_having_seen_both(
+    home: Path, serve_env: dict[str, str]
+) -> None:
+    """The loop the instructions teach: blocked event quoting the question, a followup
+    dispatch with the answer, the answer run completed with the question and answer."""
+    with serve(serve_env, home) as client:
+        client.open_like_claude_code()
+        ask = {"agent": "fake", "workspace": "acme/ask/db"}
+        reply = client.call_tool(
+            "runner_dispatch", {**ask, "prompt": "echo read the schema\nquestion Which database?"}
+        )
+        asker = reply["result"]["structuredContent"]["run_id"]
+        blocked = client.wait_for(
+            lambda m: (
+                m.get("method") == CHANNEL_METHOD
+                and m["params"]["meta"].get("run_id") == asker
+                and m["params"]["meta"].get("status") == "blocked"
+            ),
+            15,
+        )
+        assert blocked["params"]["content"] == "fake is blocked in acme/ask/db: Which database?"
+
+        reply = client.call_tool(
+            "runner_dispatch",
+            {**ask, "prompt": "received\nUse SQLite.", "session_mode": "followup"},
+        )
+        answer = reply["result"]["structuredContent"]["run_id"]
+        client.wait_for(lambda _: run_status(client, answer) == "completed", 15)
+        assert run_status(client, asker) == "blocked"
+        log = client.call("resources/read", {"uri": f"fleetbus://runs/{answer}/log"})
+        text = log["result"]["contents"][0]["text"]
+        assert f"This continues run {asker}" in text
+        assert "Which database?" in text and "Use SQLite." in text
+
+
 def test_clients_without_channels_are_told_to_watch(home: Path, serve_env: dict[str, str]) -> None:
     with serve(serve_env, home) as client:
         init = client.open("codex-mcp-client")
