@@ -1,7 +1,8 @@
 """fleetbus's core: the bus, its plugin hooks, the store, the hub and its clients.
 
 Plugin authors need only `hookimpl` (and, for typed handlers, `Context`, `Message`,
-`Query` and the errors)::
+`Query` and the errors; `ConfigSection` for a config section, `StashKey` for per-hub
+objects)::
 
     from fleetbus.bus import hookimpl
 
@@ -16,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .actions import ActionRegistrar, ActionSpec, NoInput
+    from .config import Config, ConfigRegistrar, ConfigSection
     from .context import Context
     from .core import Bus, Job
     from .errors import (
@@ -41,6 +43,7 @@ if TYPE_CHECKING:
         Subscription,
     )
     from .queries import Query, QueryRegistrar
+    from .stash import Stash, StashKey
     from .store import MigrationsRegistrar, Store, Tx
     from .subscribers import SubscriberRegistrar
 
@@ -53,7 +56,10 @@ __all__ = [
     "Bus",
     "BusError",
     "ChannelPush",
+    "Config",
     "ConfigError",
+    "ConfigRegistrar",
+    "ConfigSection",
     "ConnectionFailed",
     "Context",
     "Envelope",
@@ -70,6 +76,8 @@ __all__ = [
     "QueryRegistrar",
     "Refused",
     "StartupError",
+    "Stash",
+    "StashKey",
     "Store",
     "SubscriberRegistrar",
     "Subscription",
@@ -87,7 +95,10 @@ _WHERE = {
     "Bus": "core",
     "BusError": "errors",
     "ChannelPush": "messages",
+    "Config": "config",
     "ConfigError": "errors",
+    "ConfigRegistrar": "config",
+    "ConfigSection": "config",
     "ConnectionFailed": "errors",
     "Context": "context",
     "Envelope": "messages",
@@ -104,6 +115,8 @@ _WHERE = {
     "QueryRegistrar": "queries",
     "Refused": "errors",
     "StartupError": "errors",
+    "Stash": "stash",
+    "StashKey": "stash",
     "Store": "store",
     "SubscriberRegistrar": "subscribers",
     "Subscription": "messages",

@@ -12,11 +12,15 @@ import inspect
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar, get_type_hints
+from typing import TYPE_CHECKING, Any, TypeVar, get_type_hints
 
 from pydantic import BaseModel, ConfigDict
 
 from .errors import StartupError
+from .registrar import Registrar
+
+if TYPE_CHECKING:
+    from .hub import Hub
 
 ACTION_NAME = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$")
 
@@ -139,7 +143,7 @@ def make_spec(
     )
 
 
-class ActionRegistrar:
+class ActionRegistrar(Registrar):
     """The `register` object a plugin's `register_actions(register)` hook receives.
 
     Use it as a decorator factory::
@@ -148,9 +152,10 @@ class ActionRegistrar:
         async def greet(req: Greet) -> Greeting: ...
     """
 
-    def __init__(self, plugin: str, sink: Callable[[ActionSpec], None], hub: Any = None) -> None:
-        self.plugin = plugin
-        self.hub = hub  # the Hub registering these actions, for handlers that need it
+    def __init__(
+        self, plugin: str, sink: Callable[[ActionSpec], None], hub: Hub | None = None
+    ) -> None:
+        super().__init__(plugin, hub)
         self._sink = sink
 
     def __call__(

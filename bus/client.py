@@ -27,7 +27,7 @@ from .context import Context
 from .core import dump_result
 from .errors import BusError, ConnectionFailed, InvalidInput, error_from_dict, unwrap_group
 from .hubstart import START_TIMEOUT, can_connect, check_socket_owner, ensure_hub_blocking
-from .ipc import MAX_LINE, encode
+from .ipc import BUS_ERROR, CALLER_ERRORS, MAX_LINE, encode
 from .paths import Home
 
 
@@ -167,11 +167,7 @@ class HubClient:
         finally:
             self._pending.pop(req_id, None)
         if "error" in reply:
-            err = reply["error"]
-            data = err.get("data")
-            if isinstance(data, dict) and "type" in data:
-                raise error_from_dict(data)
-            raise InvalidInput(str(err.get("message", "request refused")))
+            raise _reply_error(reply["error"])
         return reply.get("result")
 
     async def perform(
@@ -246,6 +242,20 @@ class HubClient:
                     await self.call("unsubscribe", {"subscription": sid})
 
 
+def _reply_error(err: Any) -> BusError:
+    """The error a hub's JSON-RPC reply stands for, blamed by its code: the caller's
+    (InvalidInput), a bus error (its own type), or the hub's own (BusError)."""
+    if not isinstance(err, dict):
+        return BusError(f"the hub answered with a malformed error: {err!r}")
+    data, code = err.get("data"), err.get("code")
+    message = str(err.get("message", "the request failed"))
+    if code == BUS_ERROR and isinstance(data, dict) and "type" in data:
+        return error_from_dict(data)
+    if code in CALLER_ERRORS:
+        return InvalidInput(message)
+    return BusError(f"the hub failed: {message}")
+
+
 class LocalClient:
     """The same API as HubClient, talking to a Hub in this process (`--embedded`)."""
 
@@ -267,7 +277,7 @@ class LocalClient:
     async def perform_async(
         self, action: str, payload: Any = None, *, context: Context | None = None
     ) -> str:
-        return str(self.hub.bus.perform_async(action, payload, context=context))
+        return str(self.hub.bus.start_job(action, payload, context=context))
 
     async def job(self, job_id: str, *, wait: float | None = None) -> dict[str, Any]:
         job = self.hub.bus.job(job_id)

@@ -108,7 +108,6 @@ class Bus:
         self._thread: int | None = None
         self.context = Context(caller="hub")
         self.inflight = 0
-        self.last_activity = time.monotonic()
         self._listeners: list[Callable[[], object]] = []
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -146,11 +145,6 @@ class Bus:
                 f"plugin {spec.plugin!r}; disable one with FLEETBUS_DISABLE_PLUGINS"
             )
         self._actions[spec.name] = spec
-        self._changed()
-
-    def remove_plugin_actions(self, plugin: str) -> None:
-        for name in [n for n, s in self._actions.items() if s.plugin == plugin]:
-            del self._actions[name]
         self._changed()
 
     def add_query_handler(self, handler: QueryHandler) -> None:
@@ -281,7 +275,6 @@ class Bus:
             ) from e
         finally:
             self.inflight -= 1
-            self.last_activity = time.monotonic()
             current_context.reset(token)
         return self._check_output(spec, result)
 
@@ -307,9 +300,7 @@ class Bus:
             ) from e
 
     # -- jobs --------------------------------------------------------------------------------
-    def perform_async(
-        self, name: str, payload: Any = None, *, context: Context | None = None
-    ) -> str:
+    def start_job(self, name: str, payload: Any = None, *, context: Context | None = None) -> str:
         """Start an action in the background and return its job id at once.
 
         Bad input is refused here, before the job exists. Progress and completion arrive as
@@ -361,6 +352,11 @@ class Bus:
 
     def job(self, job_id: str) -> Job | None:
         return self._jobs.get(job_id)
+
+    @property
+    def jobs_running(self) -> int:
+        """How many background jobs have not ended."""
+        return sum(1 for job in self._jobs.values() if job.status == "running")
 
     # -- queries -----------------------------------------------------------------------------
     async def query(self, q: Query, *, context: Context | None = None) -> Any:
@@ -473,8 +469,9 @@ class Bus:
     ) -> Callable[[], None]:
         """Call `handler(message)` (or `handler(message, context)`) for each matching message.
 
-        The handler runs in its own task with its own buffer; its exceptions are logged and
-        counted, never raised into the publisher. Returns the function that unsubscribes.
+        The handler runs in its own task with its own buffer (a sync one in a worker thread,
+        so it never blocks the event loop); its exceptions are logged and counted, never
+        raised into the publisher. Returns the function that unsubscribes.
         """
         func = inspect.unwrap(handler)
         is_async = inspect.iscoroutinefunction(func)
@@ -491,8 +488,8 @@ class Bus:
                 try:
                     if is_async:
                         await handler(*args)
-                    else:
-                        handler(*args)
+                    else:  # like a sync action: in a worker thread, off the event loop
+                        await anyio.to_thread.run_sync(functools.partial(handler, *args))
                 except Exception:
                     sub.failures += 1
                     log.error("subscriber %s failed on %s", sub.name, envelope.topic, exc_info=True)

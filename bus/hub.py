@@ -1,9 +1,10 @@
 """The hub: the one process that owns the bus, the plugins and the store of a home.
 
-`Hub.run()` takes the home's lock, loads the manifest and the plugins, migrates the
-store, registers every declaration, runs the plugins' `startup` hooks in order, serves
-the IPC socket, and on stop runs `shutdown` hooks in reverse. Nothing half-configured:
-any fault before `task_status.started()` is a `StartupError` and nothing is left open.
+`Hub.run()` takes the home's lock, loads the plugins, validates the manifest against the
+sections they register, migrates the store, registers every declaration, runs the
+plugins' `startup` hooks in order, serves the IPC socket, and on stop runs `shutdown`
+hooks in reverse. Nothing half-configured: any fault before `task_status.started()` is a
+`StartupError` and nothing is left open.
 """
 
 from __future__ import annotations
@@ -20,15 +21,17 @@ import anyio
 import anyio.abc
 
 from .actions import ActionRegistrar
+from .config import Config
 from .core import Bus
-from .errors import BusError, StartupError, unwrap_group
+from .errors import StartupError, unwrap_group
 from .ipc import UpgradeHandler
 from .lock import HubLock
-from .manifests import Manifest, load_manifest
+from .manifests import HUB, core_sections, load_manifest
 from .messages import ActionsChanged
 from .paths import Home
 from .plugins import DEFAULT_PLUGINS, PluginSet
 from .queries import QueryRegistrar
+from .stash import Stash
 from .store import MigrationsRegistrar, Store
 from .subscribers import SubscriberRegistrar, SubscriberSpec
 from .version import version
@@ -40,14 +43,14 @@ class Hub:
     """Bus + plugins + store for one `FLEETBUS_HOME`.
 
     `idle_timeout`: seconds without clients, actions or busy plugins after which `run`
-    returns (0 disables; None takes the manifest's `hub.idle_timeout`).
+    returns (0 disables; None takes the manifest's `hub.idle_timeout`). Plugins keep their
+    per-hub objects in `stash` and read their config sections from `config`.
     """
 
     def __init__(
         self,
         home: Home | Path | None = None,
         *,
-        manifest: Manifest | None = None,
         builtins: Sequence[str] = DEFAULT_PLUGINS,
         inline: Sequence[tuple[str, object]] = (),
         entry_points: bool = True,
@@ -61,7 +64,8 @@ class Hub:
             home = Home.from_env(env)
         self.home = home if isinstance(home, Home) else Home(Path(home).resolve())
         self.env = env
-        self._manifest = manifest
+        self._config: Config | None = None
+        self.stash = Stash()
         self.plugins = PluginSet(
             builtins=builtins, inline=inline, entry_points=entry_points, env=env
         )
@@ -79,6 +83,9 @@ class Hub:
         self.socket_path = self.home.socket
         self.upgrades: dict[str, UpgradeHandler] = {}
 
+    def __repr__(self) -> str:
+        return f"<Hub {self.home.root}>"
+
     def add_upgrade(self, method: str, handler: UpgradeHandler) -> None:
         """Hand IPC connections whose first request is `method` to `handler` (see ipc.py)."""
         if method in self.upgrades:
@@ -87,10 +94,11 @@ class Hub:
 
     # -- public ------------------------------------------------------------------------------
     @property
-    def manifest(self) -> Manifest:
-        if self._manifest is None:
-            raise RuntimeError("the manifest is loaded when the hub runs")
-        return self._manifest
+    def config(self) -> Config:
+        """The validated manifest: `hub.config[SECTION]` reads a registered section."""
+        if self._config is None:
+            raise RuntimeError("the config is loaded when the hub runs, after the plugins")
+        return self._config
 
     @property
     def task_group(self) -> anyio.abc.TaskGroup:
@@ -103,11 +111,7 @@ class Hub:
     def idle_timeout(self) -> float:
         if self._idle_timeout is not None:
             return self._idle_timeout
-        return self._manifest.hub.idle_timeout if self._manifest else 0.0
-
-    def plugin_config(self, name: str) -> dict[str, Any]:
-        """The free-form `plugins.<name>` section of the manifest for a third-party plugin."""
-        return dict(self.manifest.plugins.get(name, {}))
+        return self._config[HUB].idle_timeout if self._config is not None else 0.0
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -115,14 +119,14 @@ class Hub:
     def is_busy(self) -> bool:
         if self.clients or self.bus.inflight:
             return True
-        if any(job.status == "running" for job in list(self.bus._jobs.values())):
+        if self.bus.jobs_running:
             return True
-        for _name, fn in self.plugins.impls("is_busy"):
+        for call in self.plugins.callers("is_busy"):
             try:
-                if fn(hub=self):
+                if any(call(hub=self)):
                     return True
             except Exception:
-                log.exception("is_busy hook failed")
+                log.exception("plugin %r failed in is_busy", call.plugin)
         return False
 
     def status(self) -> dict[str, Any]:
@@ -147,9 +151,8 @@ class Hub:
         self.home.ensure()
         self._lock.acquire()
         try:
-            if self._manifest is None:
-                self._manifest = load_manifest(env=self.env)
             self.plugins.load()
+            self._config = load_manifest(env=self.env, sections=core_sections(self.plugins))
             with unwrap_group():
                 await self._serve(task_status)
         finally:
@@ -162,7 +165,7 @@ class Hub:
     async def _serve(self, task_status: anyio.abc.TaskStatus[Hub]) -> None:
         async with self.bus, anyio.create_task_group() as tg:
             self._tg = tg
-            started: list[tuple[str, Callable[..., Any]]] = []
+            started: set[str] = set()
             try:
                 self.store.open()
                 self._collect()
@@ -187,31 +190,21 @@ class Hub:
 
     def _collect(self) -> None:
         sets: list[tuple[str, Any]] = []
-        for name, fn in self.plugins.impls("register_migrations"):
-            fn(register=MigrationsRegistrar(name, lambda p, m: sets.append((p, m)), self))
+
+        def add_set(plugin: str, migrations: Any) -> None:
+            sets.append((plugin, migrations))
+
+        for call in self.plugins.callers("register_migrations"):
+            call.declare(register=MigrationsRegistrar(call.plugin, add_set, self), hub=self)
         self.store.migrate(sets)
-        for name, fn in self.plugins.impls("register_actions"):
-            self._call_hook(
-                name,
-                "register_actions",
-                fn,
-                register=ActionRegistrar(name, self.bus.add_action, self),
-            )
-        for name, fn in self.plugins.impls("register_queries"):
-            self._call_hook(
-                name,
-                "register_queries",
-                fn,
-                register=QueryRegistrar(name, self.bus.add_query_handler, self),
-            )
+        for call in self.plugins.callers("register_actions"):
+            call.declare(register=ActionRegistrar(call.plugin, self.bus.add_action, self), hub=self)
+        for call in self.plugins.callers("register_queries"):
+            register = QueryRegistrar(call.plugin, self.bus.add_query_handler, self)
+            call.declare(register=register, hub=self)
         subs: list[SubscriberSpec] = []
-        for name, fn in self.plugins.impls("register_subscribers"):
-            self._call_hook(
-                name,
-                "register_subscribers",
-                fn,
-                subscribe=SubscriberRegistrar(name, subs.append, self),
-            )
+        for call in self.plugins.callers("register_subscribers"):
+            call.declare(subscribe=SubscriberRegistrar(call.plugin, subs.append, self), hub=self)
         for spec in subs:
             self.bus.subscribe(
                 spec.handler,
@@ -220,43 +213,31 @@ class Hub:
                 buffer=spec.buffer,
             )
 
-    @staticmethod
-    def _call_hook(plugin: str, hook: str, fn: Callable[..., Any], **kwargs: Any) -> None:
-        try:
-            fn(**kwargs)
-        except BusError:
-            raise
-        except Exception as e:
-            raise StartupError(
-                f"plugin {plugin!r} failed in {hook}: {type(e).__name__}: {e}"
-            ) from e
-
-    async def _startup(self, started: list[tuple[str, Callable[..., Any]]]) -> None:
-        shutdowns = dict(self.plugins.impls("shutdown"))
-        for name, fn in self.plugins.impls("startup"):
+    async def _startup(self, started: set[str]) -> None:
+        """Run `startup` hooks in order; `started` collects the plugins to shut down (those
+        whose startup ran, even if it failed; every plugin once all have started)."""
+        for call in self.plugins.callers("startup"):
+            started.add(call.plugin)
             try:
-                result = fn(hub=self)
-                if inspect.isawaitable(result):
-                    await result
+                for result in call(hub=self):
+                    if inspect.isawaitable(result):
+                        await result
             except Exception as e:
                 raise StartupError(
-                    f"plugin {name!r} failed to start: {type(e).__name__}: {e}"
+                    f"plugin {call.plugin!r} failed to start: {type(e).__name__}: {e}"
                 ) from e
-            finally:
-                if name in shutdowns:
-                    started.append((name, shutdowns.pop(name)))
-        # plugins with a shutdown hook but no startup hook are shut down too
-        started.extend(shutdowns.items())
+        started.update(self.plugins.names)  # plugins with a shutdown hook but no startup hook
 
-    async def _shutdown(self, started: list[tuple[str, Callable[..., Any]]]) -> None:
-        order = {name: n for n, name in enumerate(self.plugins.names)}
-        for name, fn in sorted(started, key=lambda item: order.get(item[0], 0), reverse=True):
+    async def _shutdown(self, started: set[str]) -> None:
+        for call in self.plugins.callers("shutdown", reverse=True):
+            if call.plugin not in started:
+                continue
             try:
-                result = fn(hub=self)
-                if inspect.isawaitable(result):
-                    await result
+                for result in call(hub=self):
+                    if inspect.isawaitable(result):
+                        await result
             except Exception:
-                log.exception("plugin %r failed to shut down", name)
+                log.exception("plugin %r failed to shut down", call.plugin)
 
     async def _watch_idle(self) -> None:
         idle_since = self.clock()

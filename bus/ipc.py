@@ -10,6 +10,7 @@ are refused.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import json
 import logging
 import os
@@ -36,7 +37,10 @@ log = logging.getLogger("fleetbus.ipc")
 PROTOCOL = 1
 MAX_LINE = 16 * 1024 * 1024
 PARSE_ERROR, INVALID_REQUEST, METHOD_NOT_FOUND, INVALID_PARAMS = -32700, -32600, -32601, -32602
-BUS_ERROR = -32000
+INTERNAL_ERROR = -32603  # the hub's own fault (logged with its traceback)
+BUS_ERROR = -32000  # a BusError: `data` carries its type, code and message
+CALLER_ERRORS = frozenset({PARSE_ERROR, INVALID_REQUEST, METHOD_NOT_FOUND, INVALID_PARAMS})
+MAX_IN_FLIGHT = 256  # requests one connection may have running; past that it is not read
 
 
 def peer_uid(stream: anyio.abc.SocketStream) -> int | None:
@@ -101,6 +105,8 @@ class Connection:
         self.send_lock = anyio.Lock(fast_acquire=True)
         self.subs: dict[str, Subscription] = {}
         self._next_sub = 0
+        self.tg: anyio.abc.TaskGroup | None = None  # the connection's: its requests and pumps
+        self.in_flight = anyio.Semaphore(MAX_IN_FLIGHT)
 
     async def send(self, obj: Any) -> None:
         async with self.send_lock:
@@ -124,6 +130,7 @@ class Connection:
         first = True
         try:
             async with anyio.create_task_group() as tg:
+                self.tg = tg
                 while True:
                     try:
                         line = await self.reader.receive_until(b"\n", MAX_LINE)
@@ -147,6 +154,7 @@ class Connection:
                         if upgrade is not None:
                             await upgrade
                             break
+                    await self.in_flight.acquire()  # back-pressure, not an error
                     tg.start_soon(self.handle, line)
                 tg.cancel_scope.cancel()
         finally:
@@ -178,6 +186,12 @@ class Connection:
         )
 
     async def handle(self, line: bytes) -> None:
+        try:
+            await self._handle(line)
+        finally:
+            self.in_flight.release()
+
+    async def _handle(self, line: bytes) -> None:
         req_id = None
         notification = False  # a valid request without an id gets no reply
         try:
@@ -195,17 +209,19 @@ class Connection:
             method = getattr(self, f"rpc_{req['method']}", None)
             if method is None:
                 raise RpcError(METHOD_NOT_FOUND, f"unknown method {req['method']!r}")
-            result = await method(**params) if params else await method()
+            try:  # the caller's fault, checked before the call: a TypeError later is ours
+                inspect.signature(method).bind(**params)
+            except TypeError as e:
+                raise RpcError(INVALID_PARAMS, f"bad params for {req['method']}: {e}") from None
+            result = await method(**params)
             reply: dict[str, Any] = {"jsonrpc": "2.0", "id": req_id, "result": result}
         except RpcError as e:
             reply = _error(req_id, e.code, e.message, e.data)
         except BusError as e:
             reply = _error(req_id, BUS_ERROR, e.message, e.to_dict())
-        except TypeError as e:
-            reply = _error(req_id, INVALID_PARAMS, f"bad params: {e}")
         except Exception as e:  # a bug of ours: report it as a clear line, log the traceback
             log.exception("IPC request failed")
-            reply = _error(req_id, BUS_ERROR, f"internal error: {type(e).__name__}: {e}")
+            reply = _error(req_id, INTERNAL_ERROR, f"internal error: {type(e).__name__}: {e}")
         if not notification:
             with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
                 await self.send(reply)
@@ -244,7 +260,7 @@ class Connection:
     ) -> Any:
         ctx = _context(context)
         if background:
-            return {"job_id": self.hub.bus.perform_async(action, input, context=ctx)}
+            return {"job_id": self.hub.bus.start_job(action, input, context=ctx)}
         return dump_result(await self.hub.bus.perform(action, input, context=ctx, timeout=timeout))
 
     async def rpc_job(self, job_id: str, wait: float | None = None) -> dict[str, Any]:
@@ -291,7 +307,8 @@ class Connection:
             [e for e in bus.history(since) if sub.matches(e.topic)] if since is not None else []
         )
         self.subs[sid] = sub
-        self.hub.task_group.start_soon(self._pump, sid, sub, backlog)
+        assert self.tg is not None
+        self.tg.start_soon(self._pump, sid, sub, backlog)  # ends with the connection
         return {"subscription": sid, "seq": bus.seq}
 
     async def _pump(self, sid: str, sub: Subscription, backlog: list[Any]) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import math
-import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -43,12 +42,6 @@ class ChannelPush(Message):
     channel: str
     content: str
     meta: dict[str, str] = {}
-
-
-class GenericMessage(Message):
-    """A message received from elsewhere (IPC) whose class is not known here."""
-
-    model_config = ConfigDict(frozen=True, extra="allow")
 
 
 class ActionsChanged(Message):
@@ -182,7 +175,3 @@ class Subscription:
             "dropped": self.dropped,
             "failures": self.failures,
         }
-
-
-def now() -> float:
-    return time.time()

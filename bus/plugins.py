@@ -4,7 +4,12 @@ Pluggy collects declarations once at startup; the bus dispatches. Environment:
 - `FLEETBUS_PLUGINS`: comma-separated entry-point plugins to load (unset: all installed;
   empty: none). Built-ins always load unless disabled.
 - `FLEETBUS_DISABLE_PLUGINS`: comma-separated plugin names (built-in or entry point) to skip.
-- `FLEETBUS_TRACE=1`: log every hook call at debug level.
+- `FLEETBUS_TRACE=1`: log every hook call (plugins, arguments, result) at debug level
+  on logger `fleetbus.plugins`.
+
+Every hook goes through pluggy's hook caller, one plugin at a time (`callers`), so tracing,
+`tryfirst`/`trylast` and hook wrappers apply while each result or error is still
+attributed to its plugin.
 """
 
 from __future__ import annotations
@@ -14,14 +19,15 @@ import importlib
 import importlib.metadata
 import logging
 import os
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import pluggy
 
 from . import hookspecs
-from .errors import StartupError
+from .config import ConfigSections
+from .errors import BusError, StartupError
 
 log = logging.getLogger("fleetbus.plugins")
 
@@ -58,6 +64,51 @@ class PluginInfo:
         }
 
 
+@dataclass(frozen=True, slots=True)
+class PluginHook:
+    """One plugin's implementation of one hook, called through pluggy: tracing and every
+    hook wrapper apply to the call, and its results are that plugin's alone."""
+
+    plugin: str
+    hook: str
+    caller: pluggy.HookCaller
+
+    def __call__(self, **kwargs: Any) -> list[Any]:
+        """The plugin's results (pluggy drops None); exceptions propagate."""
+        return list(self.caller(**kwargs))
+
+    def declare(self, **kwargs: Any) -> None:
+        """Call a `register_*` hook; an error that is not a `BusError` becomes a
+        `StartupError` naming the plugin."""
+        try:
+            self(**kwargs)
+        except BusError:
+            raise
+        except Exception as e:
+            raise StartupError(
+                f"plugin {self.plugin!r} failed in {self.hook}: {type(e).__name__}: {e}"
+            ) from e
+
+
+def _trace_call(hook: str, impls: Sequence[pluggy.HookImpl], kwargs: Mapping[str, Any]) -> None:
+    plugins = ", ".join(impl.plugin_name for impl in impls)
+    args = ", ".join(f"{name}={value!r}" for name, value in kwargs.items())
+    log.debug("hook %s [%s] (%s)", hook, plugins, args)
+
+
+def _trace_result(
+    outcome: pluggy.Result[Any],
+    hook: str,
+    impls: Sequence[pluggy.HookImpl],
+    kwargs: Mapping[str, Any],
+) -> None:
+    plugins = ", ".join(impl.plugin_name for impl in impls)
+    if outcome.exception is not None:
+        log.debug("hook %s [%s] raised %r", hook, plugins, outcome.exception)
+    else:
+        log.debug("hook %s [%s] returned %r", hook, plugins, outcome.get_result())
+
+
 def _names(value: str | None) -> set[str] | None:
     if value is None:
         return None
@@ -84,14 +135,16 @@ class PluginSet:
         self.pm.add_hookspecs(hookspecs)
         self.infos: list[PluginInfo] = []
         self.skipped: list[tuple[str, str]] = []  # (name, why)
+        self._skipped_builtins: dict[str, str] = {}  # name -> module
+        self._callers: dict[tuple[str, bool], list[PluginHook]] = {}
+        self._not_loaded: dict[str, str] | None = None
         self._builtins = tuple(builtins)
         self._inline = tuple(inline)
         self._entry_points = entry_points
         self._allow = _names(env.get("FLEETBUS_PLUGINS"))
         self._deny = _names(env.get("FLEETBUS_DISABLE_PLUGINS")) or set()
         if env.get("FLEETBUS_TRACE"):
-            self.pm.trace.root.setwriter(log.debug)
-            self.pm.enable_tracing()
+            self.pm.add_hookcall_monitoring(_trace_call, _trace_result)
 
     def load(self) -> None:
         """Register built-ins, inline plugins and entry points; raise StartupError on any fault."""
@@ -99,6 +152,7 @@ class PluginSet:
             name = builtin_name(module)
             if name in self._deny:
                 self.skipped.append((name, "disabled by FLEETBUS_DISABLE_PLUGINS"))
+                self._skipped_builtins[name] = module
                 continue
             try:
                 obj: object = importlib.import_module(module)
@@ -182,14 +236,77 @@ class PluginSet:
     def names(self) -> list[str]:
         return [i.name for i in self.infos]
 
-    def impls(self, hook: str) -> Iterator[tuple[str, Callable[..., Any]]]:
-        """(plugin name, function) for `hook`, in plugin registration order."""
+    def callers(self, hook: str, *, reverse: bool = False) -> list[PluginHook]:
+        """A caller per plugin implementing `hook`, in call order: `tryfirst` ones, then the
+        rest in registration order (reversed if `reverse`), then `trylast` ones.
+
+        Each goes through a pluggy subset hook caller holding that plugin's implementation
+        and every hook wrapper, so `FLEETBUS_TRACE` logs it and wrappers wrap it.
+        """
+        key = (hook, reverse)
+        cached = self._callers.get(key)
+        if cached is not None:
+            return cached
         order = {info.name: n for n, info in enumerate(self.infos)}
-        caller = getattr(self.pm.hook, hook)
-        for impl in sorted(caller.get_hookimpls(), key=lambda i: order.get(i.plugin_name, 1 << 30)):
-            yield impl.plugin_name, impl.function
+        caller: pluggy.HookCaller = getattr(self.pm.hook, hook)
+        impls = [i for i in caller.get_hookimpls() if not (i.hookwrapper or i.wrapper)]
+        firsts: dict[str, pluggy.HookImpl] = {}
+        for impl in impls:
+            firsts.setdefault(impl.plugin_name, impl)
+        sign = -1 if reverse else 1
+
+        def rank(impl: pluggy.HookImpl) -> tuple[int, int]:
+            place = 0 if impl.tryfirst else 2 if impl.trylast else 1
+            return place, sign * order.get(impl.plugin_name, 1 << 30)
+
+        everyone = {impl.plugin for impl in impls}
+        result = [
+            PluginHook(
+                impl.plugin_name,
+                hook,
+                self.pm.subset_hook_caller(hook, everyone - {impl.plugin}),
+            )
+            for impl in sorted(firsts.values(), key=rank)
+        ]
+        self._callers[key] = result
+        return result
+
+    def register_config(self, sections: ConfigSections) -> None:
+        """Let every plugin claim its manifest sections (`register_config`) into `sections`."""
+        for call in self.callers("register_config"):
+            call.declare(register=sections.registrar(call.plugin))
+
+    def not_loaded_owner(self, section: str) -> str | None:
+        """Why `section` is not checked when it belongs to a plugin that is not loaded:
+        a skipped built-in's own sections (it is imported to ask), or a section named
+        after a skipped plugin. None when no skipped plugin owns it."""
+        if self._not_loaded is None:
+            self._not_loaded = self._sections_of_skipped()
+        return self._not_loaded.get(section)
+
+    def _sections_of_skipped(self) -> dict[str, str]:
+        found: dict[str, str] = {}
+        for name, why in self.skipped:
+            reason = f"plugin {name!r} is {why}"
+            found.setdefault(name, reason)
+            module = self._skipped_builtins.get(name)
+            if module is None:
+                continue  # third-party code that was turned off is not imported
+            sections = ConfigSections()
+            pm = pluggy.PluginManager(hookspecs.PROJECT)
+            pm.add_hookspecs(hookspecs)
+            try:
+                pm.register(importlib.import_module(module), name=name)
+                pm.hook.register_config(register=sections.registrar(name))
+            except Exception:
+                log.debug("cannot read the config sections of plugin %r", name, exc_info=True)
+                continue
+            for section in sections.sections:
+                found[section] = reason
+        return found
 
     def unregister_all(self) -> None:
         for info in reversed(self.infos):
             self.pm.unregister(name=info.name)
         self.infos.clear()
+        self._callers.clear()

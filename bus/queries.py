@@ -10,11 +10,15 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from pydantic import BaseModel
 
 from .errors import StartupError
+from .registrar import Registrar
+
+if TYPE_CHECKING:
+    from .hub import Hub
 
 Q = TypeVar("Q", bound="Query")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -39,16 +43,17 @@ class QueryHandler:
     wants_context: bool
 
 
-class QueryRegistrar:
+class QueryRegistrar(Registrar):
     """The `register` object a plugin's `register_queries(register)` hook receives::
 
     @register(WorkspaceQuery)
     async def workspaces(q: WorkspaceQuery) -> list[Workspace] | None: ...
     """
 
-    def __init__(self, plugin: str, sink: Callable[[QueryHandler], None], hub: Any = None) -> None:
-        self.plugin = plugin
-        self.hub = hub
+    def __init__(
+        self, plugin: str, sink: Callable[[QueryHandler], None], hub: Hub | None = None
+    ) -> None:
+        super().__init__(plugin, hub)
         self._sink = sink
 
     def __call__(self, query_type: type[Query]) -> Callable[[F], F]:

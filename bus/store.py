@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 import anyio.to_thread
@@ -23,6 +23,10 @@ from sqlite_utils import Migrations
 from .context import Context
 from .errors import StartupError
 from .messages import Message
+from .registrar import Registrar
+
+if TYPE_CHECKING:
+    from .hub import Hub
 
 log = logging.getLogger("fleetbus.store")
 
@@ -46,14 +50,13 @@ class Tx:
         self.messages.append((message, context))
 
 
-class MigrationsRegistrar:
+class MigrationsRegistrar(Registrar):
     """The `register` object of the `register_migrations(register)` hook."""
 
     def __init__(
-        self, plugin: str, sink: Callable[[str, Migrations], None], hub: Any = None
+        self, plugin: str, sink: Callable[[str, Migrations], None], hub: Hub | None = None
     ) -> None:
-        self.plugin = plugin
-        self.hub = hub
+        super().__init__(plugin, hub)
         self._sink = sink
 
     def __call__(self, migrations: Migrations) -> Migrations:

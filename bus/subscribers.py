@@ -4,10 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from .errors import StartupError
 from .messages import DEFAULT_BUFFER, Message
+from .registrar import Registrar
+
+if TYPE_CHECKING:
+    from .hub import Hub
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -20,14 +24,13 @@ class SubscriberSpec:
     buffer: int
 
 
-class SubscriberRegistrar:
+class SubscriberRegistrar(Registrar):
     """`@subscribe(AgentCompleted, "runner.*", buffer=256)` on a handler `(message[, context])`."""
 
     def __init__(
-        self, plugin: str, sink: Callable[[SubscriberSpec], None], hub: Any = None
+        self, plugin: str, sink: Callable[[SubscriberSpec], None], hub: Hub | None = None
     ) -> None:
-        self.plugin = plugin
-        self.hub = hub
+        super().__init__(plugin, hub)
         self._sink = sink
 
     def __call__(

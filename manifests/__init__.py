@@ -1,1 +1,2 @@
-"""Built-in manifests (agents.yaml, dispatch.yaml) and their JSON Schemas, as package data."""
+"""Built-in manifests (agents.yaml, dispatch.yaml, hub.yaml) and their JSON Schemas, as package
+data."""

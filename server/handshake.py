@@ -13,7 +13,7 @@ default. The setting is `FLEETBUS_MCP_DISCOVER`:
   protocol too (for a day when Claude Code delivers channels there).
 
 The relay answers `initialize` itself (so a client's grace period never waits on the hub)
-with what the SDK session in the hub would answer; `tests/server/test_handshake.py` checks
+with what the SDK session in the hub would answer; `tests/server/test_mcp_handshake.py` checks
 that the two agree.
 """
 

@@ -11,7 +11,6 @@ run time, from the hub.
 
 from __future__ import annotations
 
-import contextlib
 import contextvars
 import json
 import logging
@@ -24,9 +23,9 @@ import anyio
 import anyio.abc
 import mcp.types as types
 from anyio.streams.buffered import BufferedByteReceiveStream
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from mcp.server import NotificationOptions, Server, ServerRequestContext
 from mcp.server.models import InitializationOptions
-from mcp.server.session import ServerSession
 from mcp.shared.exceptions import MCPError
 from mcp.shared.message import SessionMessage
 from mcp.shared.uri_template import UriTemplate
@@ -89,11 +88,32 @@ def error_result(message: str) -> types.CallToolResult:
     )
 
 
+TOOLS_CHANGED = "tools/list_changed"  # queued to a session like an event
+SESSION_BUFFER = 4096  # events waiting for one session; past that they are dropped, counted
+
+
 @dataclass
 class Session:
+    """One MCP session's outbox: events wait in its own bounded stream, which only its own
+    task drains, so a slow or closing client never holds up the others."""
+
     key: str
-    session: ServerSession
-    coalescer: Coalescer
+    outbox: MemoryObjectSendStream[ChannelEvent | str]
+    dropped: int = 0
+    inbox: MemoryObjectReceiveStream[ChannelEvent | str] | None = None  # until it is drained
+
+    @classmethod
+    def open(cls, key: str) -> Session:
+        outbox, inbox = anyio.create_memory_object_stream[ChannelEvent | str](SESSION_BUFFER)
+        return cls(key, outbox, inbox=inbox)
+
+    def put(self, item: ChannelEvent | str) -> None:
+        try:
+            self.outbox.send_nowait(item)
+        except anyio.WouldBlock:
+            self.dropped += 1
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+            pass  # the session is going
 
 
 class FleetServer(Server):
@@ -133,7 +153,6 @@ class FleetMCP:
         self.coalesce_window = coalesce_window
         self.actions: dict[str, dict[str, Any]] = {}  # tool name -> action info
         self.sessions: dict[str, Session] = {}
-        self.tg: anyio.abc.TaskGroup | None = None
         self.server = FleetServer(
             "fleetbus",
             version=version(),
@@ -157,26 +176,47 @@ class FleetMCP:
     async def on_initialized(
         self, ctx: ServerRequestContext[Any, Any], params: types.NotificationParams | None
     ) -> None:
+        """Register the session, then deliver its events until the connection ends."""
         key = self.session_key(ctx)
         session = ctx.session
+        me = self.sessions.get(key)  # a relayed session is registered when it opens
+        if me is None or me.inbox is None:
+            me = self.sessions[key] = Session.open(key)
+        inbox, me.inbox = me.inbox, None
+        assert inbox is not None
+        reported = 0
 
         async def send(event: ChannelEvent) -> None:
-            note = ChannelNotification(params=ChannelParams(content=event.content, meta=event.meta))
+            nonlocal reported
+            meta = event.meta
+            if me.dropped > reported:  # say so on the next event that gets through
+                log.warning(
+                    "MCP session %s: %d events dropped (too slow)", key, me.dropped - reported
+                )
+                meta = {**meta, "dropped": str(me.dropped - reported)}
+                reported = me.dropped
+            note = ChannelNotification(params=ChannelParams(content=event.content, meta=meta))
             await session.send_notification(note)  # type: ignore[arg-type]
 
-        if self.tg is None:
-            raise RuntimeError("FleetMCP.run() is not running")
-        self.sessions[key] = Session(
-            key, session, Coalescer(send, self.tg, window=self.coalesce_window)
-        )
         log.info("MCP session %s joined", key)
         try:
-            await anyio.sleep_forever()  # cancelled when the connection ends
+            async with inbox, anyio.create_task_group() as tg:
+                coalescer = Coalescer(send, tg, window=self.coalesce_window)
+                async for item in inbox:
+                    if isinstance(item, ChannelEvent):
+                        await coalescer.push(item)
+                    else:
+                        await session.send_tool_list_changed()
+        except Exception as e:  # this session's failure stays with it
+            log.warning("MCP session %s: events stopped: %s: %s", key, type(e).__name__, e)
         finally:
-            self.sessions.pop(key, None)
+            if self.sessions.get(key) is me:
+                del self.sessions[key]
+            me.outbox.close()
             log.info("MCP session %s left", key)
 
-    async def route(self, envelope: dict[str, Any]) -> None:
+    def route(self, envelope: dict[str, Any]) -> None:
+        """Queue an event to its session (or every session); never waits on a client."""
         event, owner = event_from_envelope(envelope)
         if owner is not None:
             target = self.sessions.get(owner)
@@ -184,7 +224,7 @@ class FleetMCP:
         else:
             targets = list(self.sessions.values())
         for s in targets:
-            await s.coalescer.push(event)
+            s.put(event)
 
     async def serve_lines(
         self,
@@ -236,6 +276,7 @@ class FleetMCP:
                         return
 
         token = CONNECTION.set(key)
+        session = self.sessions[key] = Session.open(key)  # events wait for `initialized`
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(read_lines)
@@ -247,43 +288,45 @@ class FleetMCP:
                 tg.cancel_scope.cancel()
         finally:
             CONNECTION.reset(token)
+            if self.sessions.get(key) is session:
+                del self.sessions[key]
+            session.outbox.close()
+            if session.inbox is not None:
+                session.inbox.close()
 
     # -- the event pump ----------------------------------------------------------------------
     async def run(
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
     ) -> None:
         """Keep the tool list and channel events flowing until cancelled."""
-        async with anyio.create_task_group() as tg:
-            self.tg = tg
-            first = True
-            while True:
-                try:
-                    client = await self.get_client()
-                    changed = await self.refresh_actions(client)
-                    if changed or first:
-                        await self.tools_changed(notify=not first)
-                    async with client.subscribe(
-                        ["channel", "bus.actions_changed"], buffer=CHANNEL_BUFFER
-                    ) as messages:
-                        if first:
-                            task_status.started()
-                            first = False
-                        async for envelope in messages:
-                            if envelope.get("topic") == "channel":
-                                await self.route(envelope)
-                            elif await self.refresh_actions(client):
-                                await self.tools_changed(notify=True)
-                except ConnectionFailed as e:
-                    log.warning("lost the hub: %s; reconnecting", e)
-                await anyio.sleep(0.2)  # the hub went away: reconnect (get_client restarts it)
+        first = True
+        while True:
+            try:
+                client = await self.get_client()
+                changed = await self.refresh_actions(client)
+                if changed or first:
+                    await self.tools_changed(notify=not first)
+                async with client.subscribe(
+                    ["channel", "bus.actions_changed"], buffer=CHANNEL_BUFFER
+                ) as messages:
+                    if first:
+                        task_status.started()
+                        first = False
+                    async for envelope in messages:
+                        if envelope.get("topic") == "channel":
+                            self.route(envelope)
+                        elif await self.refresh_actions(client):
+                            await self.tools_changed(notify=True)
+            except ConnectionFailed as e:
+                log.warning("lost the hub: %s; reconnecting", e)
+            await anyio.sleep(0.2)  # the hub went away: reconnect (get_client restarts it)
 
     async def tools_changed(self, *, notify: bool) -> None:
         if self.on_tools_changed is not None:
             self.on_tools_changed(tool_list(self.actions.values()))
         if notify:
             for s in list(self.sessions.values()):
-                with contextlib.suppress(Exception):  # a closing session
-                    await s.session.send_tool_list_changed()
+                s.put(TOOLS_CHANGED)
 
     async def refresh_actions(self, client: Client) -> bool:
         actions = {tool_name(a["name"]): a for a in await client.actions(exposed_only=True)}

@@ -7,9 +7,10 @@ longer). The hub, which has the SDK loaded, serves the session (`mcp_host.py`); 
 - answers the handshake itself (`handshake.py`): `server/discover` is refused so clients
   fall back to `initialize`, which is answered at once and then replayed to the hub;
 - forwards every other line both ways once the hub's session is open, holding the
-  client's lines meanwhile; while the hub is starting it answers `tools/list` from the
-  list the hub last published in the home (`mcp-tools.json`) and, once the hub is up,
-  sends `notifications/tools/list_changed` if the live list differs;
+  client's lines meanwhile; until then it answers `tools/list` from the list the hub last
+  published in the home (`mcp-tools.json`), or in a home never used from the built-in
+  plugins' list shipped with the package (`default-tools.json`), and once the session is
+  open sends `notifications/tools/list_changed` if the live list differs;
 - starts a hub when none runs, and after losing one answers the requests the lost hub
   owed with a clear error, starts a new hub and reopens the session there (the client
   keeps its connection);
@@ -35,6 +36,8 @@ from fleetbus.bus.paths import Home
 from . import handshake as hs
 
 TOOLS_CACHE = "mcp-tools.json"
+# the built-in plugins' tools, shipped with the package (python -m fleetbus.server.tools)
+DEFAULT_TOOLS = Path(__file__).resolve().with_name("default-tools.json")
 OPEN_METHOD = "mcp.open"
 OWN = "fleetbus-relay:"  # ids of the relay's own requests to the hub
 MAX_LINE = 16 * 1024 * 1024
@@ -46,13 +49,19 @@ def tools_cache(home: Home) -> Path:
     return home.root / TOOLS_CACHE
 
 
-def read_tools_cache(home: Home) -> list[Any] | None:
+def read_tools(path: Path) -> list[Any] | None:
     try:
-        with open(tools_cache(home), "rb") as f:
+        with open(path, "rb") as f:
             tools = json.loads(f.read(MAX_LINE))["tools"]
     except (OSError, ValueError, KeyError, TypeError):
         return None
     return tools if isinstance(tools, list) else None
+
+
+def read_tools_cache(home: Home) -> list[Any] | None:
+    """The tools the home's hub last published, else those of the built-in plugins (in a
+    home never used: the live list follows with list_changed if it differs)."""
+    return read_tools(tools_cache(home)) or read_tools(DEFAULT_TOOLS)
 
 
 def without_nulls(value: Any) -> Any:

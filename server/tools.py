@@ -8,9 +8,12 @@ list (`FleetMCP.tools`). Each tool is the wire form: camelCase keys, no null mem
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
+import anyio
 from pydantic import BaseModel, ConfigDict, Field
 
 WATCH_TOOL = "fleetbus_watch"
@@ -124,3 +127,38 @@ def tool_list(actions: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
         }
     )
     return tools
+
+
+async def builtin_tool_list() -> list[dict[str, Any]]:
+    """The tools of the built-in plugins alone (what `default-tools.json` holds)."""
+    import tempfile
+
+    from fleetbus.bus.hub import Hub
+
+    with tempfile.TemporaryDirectory(prefix="fb-tools-") as tmp:
+        env = {"FLEETBUS_HOME": tmp, "XDG_CONFIG_HOME": tmp, "PATH": ""}
+        hub = Hub(Path(tmp) / "home", env=env, entry_points=False, serve_socket=False)
+        async with anyio.create_task_group() as tg:
+            await tg.start(hub.run)
+            tools = tool_list(hub.bus.list_actions(exposed_only=True))
+            hub.request_stop()
+    return tools
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m fleetbus.server.tools [--write]`: check (or write) default-tools.json."""
+    from .relay import DEFAULT_TOOLS
+
+    args = sys.argv[1:] if argv is None else argv
+    text = json.dumps({"tools": anyio.run(builtin_tool_list)}, indent=1) + "\n"
+    if args == ["--write"]:
+        DEFAULT_TOOLS.write_text(text)
+        return 0
+    if DEFAULT_TOOLS.read_text() != text:
+        print(f"{DEFAULT_TOOLS.name} is stale: run python -m fleetbus.server.tools --write")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

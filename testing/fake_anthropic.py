@@ -36,18 +36,17 @@ Standard library only.
 
 from __future__ import annotations
 
-import contextlib
 import html
 import itertools
 import json
 import re
-import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import TracebackType
-from typing import Any, Self
+from http.server import BaseHTTPRequestHandler
+from typing import Any
+
+from .fake_http import FakeAPI, FakeHandler
 
 __all__ = [
     "ChannelEvent",
@@ -324,8 +323,10 @@ def sse_events(reply: Reply, model: str, input_tokens: int) -> Iterator[tuple[st
 DEFAULT_REPLY = text("OK.")
 
 
-class FakeAnthropic:
+class FakeAnthropic(FakeAPI[Request]):
     """The fake API server; use it as a context manager (or call start/stop)."""
+
+    name = "fake-anthropic"
 
     def __init__(
         self,
@@ -334,74 +335,25 @@ class FakeAnthropic:
         default: Reply = DEFAULT_REPLY,
         host: str = "127.0.0.1",
     ) -> None:
+        super().__init__(host=host)
         self.script: list[Step] = list(script)
         self.default = default
-        self.requests: list[Request] = []
         self.replies: list[tuple[Request, Reply]] = []  # what each /v1/messages got
-        self.errors: list[str] = []  # steps that raised
-        self._changed = threading.Condition()
-        self._server = ThreadingHTTPServer((host, 0), self._handler())
-        self._server.daemon_threads = True
-        self._thread: threading.Thread | None = None
 
-    # -- lifecycle ---------------------------------------------------------------------------
     @property
     def url(self) -> str:
         """The base URL, e.g. http://127.0.0.1:PORT (what ANTHROPIC_BASE_URL takes)."""
-        host, port = self._server.server_address[:2]
-        return f"http://{host!s}:{port}"
-
-    def start(self) -> Self:
-        if self._thread is None:
-            self._thread = threading.Thread(
-                target=self._server.serve_forever, args=(0.05,), name="fake-anthropic", daemon=True
-            )
-            self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        if self._thread is not None:
-            self._server.shutdown()
-            self._thread.join()
-            self._thread = None
-        self._server.server_close()
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
+        return self.origin
 
     # -- what it received --------------------------------------------------------------------
     def messages_requests(self) -> list[Request]:
         """The `POST /v1/messages` requests so far."""
-        with self._changed:
+        with self._cond:
             return [r for r in self.requests if r.is_messages]
-
-    def wait_for(self, predicate: Callable[[Request], object], timeout: float) -> Request | None:
-        """The first recorded request matching `predicate`, waiting up to `timeout` seconds
-        for one to arrive; None when none did."""
-        deadline = time.monotonic() + timeout
-        checked = 0
-        with self._changed:
-            while True:
-                for request in self.requests[checked:]:
-                    if predicate(request):
-                        return request
-                checked = len(self.requests)
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return None
-                self._changed.wait(left)
 
     def log(self, limit: int = 40) -> str:
         """The last `limit` requests, one line each, with the reply each turn got."""
-        with self._changed:
+        with self._cond:
             answered = {id(req): reply for req, reply in self.replies}
             lines = []
             for request in self.requests[-limit:]:
@@ -420,13 +372,8 @@ class FakeAnthropic:
         return "\n".join(head + lines + errors) or "(no requests)"
 
     # -- answering ---------------------------------------------------------------------------
-    def _record(self, request: Request) -> None:
-        with self._changed:
-            self.requests.append(request)
-            self._changed.notify_all()
-
     def _reply_for(self, request: Request) -> Reply:
-        with self._changed:
+        with self._cond:
             for index, step in enumerate(self.script):
                 reply = step(request)
                 if reply is not None:
@@ -442,19 +389,11 @@ class FakeAnthropic:
         fake = self
         seq = itertools.count(1)
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(FakeHandler):
             server_version = "fake-anthropic/1"
 
-            def log_message(self, format: str, *args: Any) -> None:
-                pass  # the request log is fake.requests
-
             def _take(self) -> Request:
-                length = int(self.headers.get("Content-Length") or 0)
-                raw = self.rfile.read(length) if length else b""
-                try:
-                    body = json.loads(raw) if raw else None
-                except ValueError:
-                    body = None
+                raw, body = self.read_body()
                 request = Request(
                     seq=next(seq),
                     method=self.command,
@@ -466,40 +405,30 @@ class FakeAnthropic:
                 fake._record(request)
                 return request
 
-            def _send(self, status: int, payload: bytes, content_type: str) -> None:
-                self.send_response(status)
-                self.send_header("Content-Type", content_type)
-                self.send_header("Content-Length", str(len(payload)))
+            def end_headers(self) -> None:
                 self.send_header("request-id", f"req_fake{next(_ids):06d}")
-                self.end_headers()
-                if self.command != "HEAD":
-                    with contextlib.suppress(ConnectionError):  # the client hung up
-                        self.wfile.write(payload)
-
-            def _json(self, data: Any, status: int = 200) -> None:
-                self._send(status, json.dumps(data).encode(), "application/json")
+                super().end_headers()
 
             def do_HEAD(self) -> None:
                 self._take()
-                self._send(200, b"", "application/json")
+                self.send_body(200, b"", "application/json")
 
             def do_GET(self) -> None:
                 request = self._take()
-                self._json({"message": "hello"} if request.route == "/api/hello" else {})
+                self.send_json({"message": "hello"} if request.route == "/api/hello" else {})
 
             def do_POST(self) -> None:
                 request = self._take()
                 if request.route.rstrip("/") == "/v1/messages/count_tokens":
-                    self._json({"input_tokens": _count_tokens(request.body)})
+                    self.send_json({"input_tokens": _count_tokens(request.body)})
                 elif request.is_messages and isinstance(request.body, dict):
                     try:
                         reply = fake._reply_for(request)
                     except Exception as e:
                         message = f"#{request.seq}: {type(e).__name__}: {e}"
-                        with fake._changed:
-                            fake.errors.append(message)
+                        fake._error(message)
                         error = {"type": "api_error", "message": f"fake script failed {message}"}
-                        self._json({"type": "error", "error": error}, 500)
+                        self.send_json({"type": "error", "error": error}, 500)
                         return
                     model = str(request.body.get("model") or "claude-fake")
                     tokens = _count_tokens(request.body)
@@ -508,14 +437,14 @@ class FakeAnthropic:
                             f"event: {name}\ndata: {json.dumps(data)}\n\n"
                             for name, data in sse_events(reply, model, tokens)
                         )
-                        self._send(200, stream.encode(), "text/event-stream")
+                        self.send_body(200, stream.encode(), "text/event-stream")
                     else:
-                        self._json(_message(reply, model, tokens))
+                        self.send_json(_message(reply, model, tokens))
                 elif request.is_messages:
                     error = {"type": "invalid_request_error", "message": "body is not JSON"}
-                    self._json({"type": "error", "error": error}, 400)
+                    self.send_json({"type": "error", "error": error}, 400)
                 else:
-                    self._json({})
+                    self.send_json({})
 
             do_PUT = do_PATCH = do_DELETE = do_POST
 
@@ -523,6 +452,6 @@ class FakeAnthropic:
                 # A client told to use this server as its HTTPS proxy: record the attempt,
                 # connect nowhere.
                 self._take()
-                self._send(403, b"fake-anthropic: no outbound network\n", "text/plain")
+                self.send_body(403, b"fake-anthropic: no outbound network\n", "text/plain")
 
         return Handler

@@ -28,13 +28,13 @@ from __future__ import annotations
 
 import itertools
 import json
-import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import TracebackType
+from http.server import BaseHTTPRequestHandler
 from typing import Any
+
+from .fake_http import FakeAPI, FakeHandler
 
 Item = dict[str, Any]
 Reply = Sequence[Item] | Callable[["Request"], Sequence[Item]]
@@ -169,66 +169,32 @@ class Request:
         return f"{self.method} {self.path} tools={self.tool_names()} input={kinds}"
 
 
-class FakeResponses:
+class FakeResponses(FakeAPI[Request]):
     """A fake Responses API on 127.0.0.1 answering `POST .../responses` from `script`;
     a context manager (or `start()` / `stop()`)."""
 
+    name = "fake-openai"
+
     def __init__(self, script: Sequence[Reply] = (), *, model: str = "fake-model") -> None:
+        super().__init__()
         self.script = list(script)
         self.model = model
-        self.requests: list[Request] = []
-        self.model_requests: list[Request] = []
-        self.errors: list[str] = []
-        self.started_at = 0.0
-        self._cond = threading.Condition()
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
-
-    # -- lifecycle ----------------------------------------------------------------------------
-    def start(self) -> FakeResponses:
-        if self._server is not None:
-            return self
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, name="fake-openai", daemon=True
-        )
-        self.started_at = time.monotonic()
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        server, thread = self._server, self._thread
-        self._server = self._thread = None
-        if server is not None:
-            server.shutdown()
-            server.server_close()
-        if thread is not None:
-            thread.join(5)
-
-    def __enter__(self) -> FakeResponses:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     @property
     def url(self) -> str:
         """The API's base URL, `http://127.0.0.1:PORT/v1` (a client's `base_url`)."""
-        if self._server is None:
-            raise RuntimeError("the fake API is not running")
-        return f"http://127.0.0.1:{self._server.server_address[1]}/v1"
+        return f"{self.origin}/v1"
 
     # -- inspection ---------------------------------------------------------------------------
+    @property
+    def model_requests(self) -> list[Request]:
+        """The model requests (`POST .../responses`) so far."""
+        with self._cond:
+            return [r for r in self.requests if r.is_model_request]
+
     def wait_for_requests(self, count: int, timeout: float = 30.0) -> bool:
         """Wait until `count` model requests have arrived; False on timeout."""
-        with self._cond:
-            return self._cond.wait_for(lambda: len(self.model_requests) >= count, timeout)
+        return self.wait_until(lambda: len(self.model_requests) >= count, timeout)
 
     def summary(self) -> str:
         """Every recorded request, one line each with its time since `start()`, and any
@@ -241,16 +207,11 @@ class FakeResponses:
         return "\n".join(lines)
 
     # -- internals ----------------------------------------------------------------------------
-    def _record(self, request: Request) -> int:
+    def _record_model_request(self, request: Request) -> int:
         """Record `request`; its index among the model requests (-1 for others)."""
         with self._cond:
-            self.requests.append(request)
-            index = -1
-            if request.is_model_request:
-                index = len(self.model_requests)
-                self.model_requests.append(request)
-            self._cond.notify_all()
-        return index
+            self._record(request)
+            return len(self.model_requests) - 1 if request.is_model_request else -1
 
     def _response(self, request: Request, index: int) -> dict[str, Any]:
         reply = self.script[index] if index < len(self.script) else [message("done")]
@@ -272,66 +233,54 @@ class FakeResponses:
             },
         }
 
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        fake = self
 
-def _handler(fake: FakeResponses) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
+        class Handler(FakeHandler):
+            protocol_version = "HTTP/1.1"
 
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
+            def do_GET(self) -> None:
+                fake._record(self._request(None))
+                self.send_json({"object": "list", "data": []})
 
-        def do_GET(self) -> None:
-            fake._record(self._request(None))
-            self._json(200, {"object": "list", "data": []})
+            def do_POST(self) -> None:
+                raw, body = self.read_body()
+                if body is None and raw:
+                    body = raw.decode("utf-8", "replace")
+                request = self._request(body)
+                index = fake._record_model_request(request)
+                if index < 0:
+                    self.send_json({})
+                    return
+                try:
+                    response = fake._response(request, index)
+                except Exception as exc:
+                    fake._error(f"reply {index}: {exc!r}")
+                    self.send_json({"error": {"message": f"fake reply failed: {exc!r}"}}, 500)
+                    return
+                if isinstance(body, dict) and body.get("stream"):
+                    self._sse(response)
+                else:
+                    self.send_json(response)
 
-        def do_POST(self) -> None:
-            length = int(self.headers.get("Content-Length") or 0)
-            raw = self.rfile.read(length) if length else b""
-            try:
-                body: Any = json.loads(raw) if raw else None
-            except ValueError:
-                body = raw.decode("utf-8", "replace")
-            request = self._request(body)
-            index = fake._record(request)
-            if index < 0:
-                self._json(200, {})
-                return
-            try:
-                response = fake._response(request, index)
-            except Exception as exc:
-                with fake._cond:
-                    fake.errors.append(f"reply {index}: {exc!r}")
-                self._json(500, {"error": {"message": f"fake reply failed: {exc!r}"}})
-                return
-            if isinstance(body, dict) and body.get("stream"):
-                self._sse(response)
-            else:
-                self._json(200, response)
+            def _request(self, body: Any) -> Request:
+                headers = {k.lower(): v for k, v in self.headers.items()}
+                return Request(self.command, self.path, headers, body)
 
-        def _request(self, body: Any) -> Request:
-            headers = {k.lower(): v for k, v in self.headers.items()}
-            return Request(self.command, self.path, headers, body)
+            def _sse(self, response: dict[str, Any]) -> None:
+                self.send_response(200)
+                self.send_header("Content-Type", "text/event-stream")
+                self.send_header("Cache-Control", "no-cache")
+                self.send_header("Connection", "close")
+                self.end_headers()
+                self.close_connection = True
+                for event in _events(response):
+                    self.wfile.write(
+                        f"event: {event['type']}\ndata: {json.dumps(event)}\n\n".encode()
+                    )
+                self.wfile.flush()
 
-        def _json(self, status: int, payload: Any) -> None:
-            data = json.dumps(payload).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def _sse(self, response: dict[str, Any]) -> None:
-            self.send_response(200)
-            self.send_header("Content-Type", "text/event-stream")
-            self.send_header("Cache-Control", "no-cache")
-            self.send_header("Connection", "close")
-            self.end_headers()
-            self.close_connection = True
-            for event in _events(response):
-                self.wfile.write(f"event: {event['type']}\ndata: {json.dumps(event)}\n\n".encode())
-            self.wfile.flush()
-
-    return Handler
+        return Handler
 
 
 def _events(response: dict[str, Any]) -> Iterator[dict[str, Any]]:

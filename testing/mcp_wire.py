@@ -12,7 +12,6 @@ arrived (`time.monotonic()`), so a benchmark can measure a spawn-to-answer time 
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import json
 import subprocess
@@ -186,9 +185,11 @@ class WireClient:
     # -- closing -----------------------------------------------------------------------------
     def close(self, timeout: float = 10.0) -> int:
         """Close its input (as a client does) and wait for it to exit; kill it if it won't."""
-        if self.proc.stdin is not None and not self.proc.stdin.closed:
-            with contextlib.suppress(BrokenPipeError):
+        if self.proc.stdin is not None and not self.proc.stdin.closed:  # also when it died
+            try:
                 self.proc.stdin.close()
+            except BrokenPipeError:  # it died with input unread: drop what is buffered
+                self.proc.stdin.raw.close()  # type: ignore[attr-defined]
         try:
             return self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
@@ -206,9 +207,8 @@ class WireClient:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self.proc.poll() is None:
-            try:
-                self.close()
-            except AssertionError:
-                if exc[0] is None:
-                    raise
+        try:
+            self.close()
+        except AssertionError:
+            if exc[0] is None:
+                raise

@@ -39,7 +39,7 @@ class HubStatus(BaseModel):
 
 
 class JobRef(BaseModel):
-    job_id: str = Field(description="The id `perform_async` returned.")
+    job_id: str = Field(description="The id of a job started in the background.")
     wait_s: float = Field(
         0, ge=0, le=100, description="Wait up to this many seconds for the job to end."
     )
@@ -57,9 +57,7 @@ class JobInfo(BaseModel):
 
 
 @hookimpl
-def register_actions(register: ActionRegistrar) -> None:
-    hub: Hub = register.hub
-
+def register_actions(register: ActionRegistrar, hub: Hub) -> None:
     @register("hub.ping", mutating=False)
     async def ping(req: Ping, ctx: Context) -> Pong:
         """Answer at once: proves the hub is up and measures a round trip."""

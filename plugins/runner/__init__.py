@@ -11,12 +11,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from fleetbus.bus import Context, hookimpl
+from fleetbus.bus import ConfigRegistrar, Context, StashKey, hookimpl
 from fleetbus.bus.actions import ActionRegistrar
 from fleetbus.bus.hub import Hub
 from fleetbus.bus.queries import QueryRegistrar
 from fleetbus.bus.store import MigrationsRegistrar
 
+from .config import AGENTS, DISPATCH
 from .models import (
     DispatchInput,
     DispatchResult,
@@ -33,15 +34,22 @@ from .service import Runner
 
 __all__ = ["Runner", "WorkspaceQuery", "runner_of"]
 
-_RUNNERS: dict[int, Runner] = {}
+RUNNER = StashKey[Runner]()
 
 
 def runner_of(hub: Hub) -> Runner:
-    """The runner of `hub` (created on first use, when the manifest is loaded)."""
-    runner = _RUNNERS.get(id(hub))
+    """The runner of `hub`, kept in its stash (created on first use, once the config is
+    loaded)."""
+    runner = hub.stash.get(RUNNER, None)
     if runner is None:
-        runner = _RUNNERS[id(hub)] = Runner(hub)
+        runner = hub.stash[RUNNER] = Runner(hub)
     return runner
+
+
+@hookimpl
+def register_config(register: ConfigRegistrar) -> None:
+    register(AGENTS)
+    register(DISPATCH)
 
 
 @hookimpl
@@ -50,9 +58,7 @@ def register_migrations(register: MigrationsRegistrar) -> None:
 
 
 @hookimpl
-def register_actions(register: ActionRegistrar) -> None:
-    hub: Hub = register.hub
-
+def register_actions(register: ActionRegistrar, hub: Hub) -> None:
     @register("runner.dispatch", exposed=True)
     async def dispatch(req: DispatchInput, ctx: Context) -> DispatchResult:
         """Start a coding agent on a prompt in a workspace, or queue it; returns at once.
@@ -72,12 +78,12 @@ def register_actions(register: ActionRegistrar) -> None:
     @register("runner.start", exposed=True)
     async def start() -> StateResult:
         """Unfreeze dispatch and start queued runs that fit."""
-        return await runner_of(hub).start()
+        return await runner_of(hub).unfreeze()
 
     @register("runner.stop", exposed=True)
     async def stop() -> StateResult:
         """Freeze dispatch: running runs go on, nothing new starts until runner.start."""
-        return await runner_of(hub).stop()
+        return await runner_of(hub).freeze()
 
     @register("runner.kill", exposed=True, destructive=True)
     async def kill(req: KillInput) -> KillResult:
@@ -88,13 +94,11 @@ def register_actions(register: ActionRegistrar) -> None:
     @register("runner.poke", exposed=True)
     async def poke() -> StateResult:
         """Drain the queue now instead of waiting for the next timer tick."""
-        return await runner_of(hub).poke_now()
+        return await runner_of(hub).drain_now()
 
 
 @hookimpl
-def register_queries(register: QueryRegistrar) -> None:
-    hub: Hub = register.hub
-
+def register_queries(register: QueryRegistrar, hub: Hub) -> None:
     @register(WorkspaceQuery)
     async def workspaces(q: WorkspaceQuery) -> list[WorkspaceInfo]:
         return await runner_of(hub).workspaces(q)
@@ -106,11 +110,6 @@ async def startup(hub: Hub) -> None:
 
 
 @hookimpl
-def shutdown(hub: Hub) -> None:
-    _RUNNERS.pop(id(hub), None)
-
-
-@hookimpl
 def is_busy(hub: Hub) -> Any:
-    runner = _RUNNERS.get(id(hub))
+    runner = hub.stash.get(RUNNER, None)
     return runner is not None and runner.is_busy()

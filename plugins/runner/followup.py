@@ -6,6 +6,8 @@ stopped with one (`blocked`), and gives the end of its output. The agent's manif
 `<fleetbus-context>` lines, then `Follow-up:` (or `Answer to its question:`) and the prompt;
 `file` writes it to a file named by `$FLEETBUS_CONTEXT_FILE`; `none` sends nothing but
 `$FLEETBUS_PREVIOUS_RUN_ID`.
+
+Text only: the caller reads the previous run and delivers the context (launch.py).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Capacity: concurrency lanes, per-agent rates, and the failure circuit breaker.
 
 Everything here is plain state plus an injected `now` (epoch seconds), so rates and
-backoff are tested with a fake clock.
+backoff are tested with a fake clock. Never touches the database, the bus or a process.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
 
-from fleetbus.bus.manifests import AgentRates, AgentSpec, BreakerSpec
+from .config import AgentRates, AgentSpec, BreakerSpec
 
 DAY = 86400.0
 
@@ -51,12 +51,6 @@ class Lanes:
             if model_limit is not None and self.by_model[(agent, model)] >= model_limit:
                 return f"lane full: {agent}:{model} {self.by_model[(agent, model)]}/{model_limit}"
         return None
-
-    def agent_full(self, agent: str) -> bool:
-        limit = self.agent_limits.get(agent)
-        return self.running_total >= self.total or (
-            limit is not None and self.by_agent[agent] >= limit
-        )
 
     def add(self, agent: str, model: str | None) -> None:
         self.running_total += 1

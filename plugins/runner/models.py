@@ -1,4 +1,7 @@
-"""The runner's inputs, outputs, messages and query, as pydantic models."""
+"""The runner's inputs, outputs, messages and query, as pydantic models.
+
+Declarations only: no I/O, no state.
+"""
 
 from __future__ import annotations
 

@@ -4,11 +4,12 @@ The wrapper is a constant `sh` script (never built from input; the agent's argv 
 as arguments) that records the pid before the agent starts and the exit code after it
 ends, in the run's directory, so a hub that was down when the agent finished still learns
 how it ended. Spawning uses `posix_spawn` with `setsid`; exits are awaited on a pidfd.
+
+Operating-system calls only: never touches the database, the bus or the runner's state.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import stat
@@ -16,7 +17,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import anyio
-import psutil
 
 SHELL = "/bin/sh"
 # $1 run dir, $2 working directory, then the agent's argv. The pid file holds the
@@ -114,15 +114,6 @@ def signal_group(pgid: int, sig: signal.Signals) -> bool:
     except PermissionError:
         return False
     return True
-
-
-def group_alive(pgid: int) -> bool:
-    """True while a process (zombies aside) remains in group `pgid`."""
-    for proc in psutil.process_iter(["pid"]):
-        with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
-            if os.getpgid(proc.pid) == pgid and proc.status() != psutil.STATUS_ZOMBIE:
-                return True
-    return False
 
 
 def read_pid_file(path: Path) -> tuple[int | None, float | None]:

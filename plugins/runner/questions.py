@@ -15,7 +15,8 @@ The workspace belongs to the agent, so everything found there is untrusted input
 - at most `MAX_QUESTION` bytes are read; a longer question is cut and says so;
 - `take` never raises: whatever the agent did, the run's end is still recorded.
 
-`take` does blocking I/O: call it through `anyio.to_thread`.
+`take` does blocking I/O: call it through `anyio.to_thread`. Files only: never touches
+the database, the bus or the runner's state.
 """
 
 from __future__ import annotations

@@ -1,4 +1,8 @@
-"""The runner's tables: runs (the persistent queue and history) and pools (backoff)."""
+"""The runner's tables: runs (the persistent queue and history) and pools (backoff).
+
+Append-only migrations of the set `fleetbus.runner`; the SQL that reads and writes these
+tables is in queue.py.
+"""
 
 from __future__ import annotations
 
@@ -57,3 +61,11 @@ def m0001_initial(db: Database) -> None:
 def m0002_run_question(db: Database) -> None:
     """The question a run left in its workspace (`.fleetbus/question.md`), taken when it ended."""
     db.execute("ALTER TABLE runs ADD COLUMN question TEXT")
+
+
+@migrations()
+def m0003_run_attempt(db: Database) -> None:
+    """Each start of a run gets the next attempt number; an end applies to its own attempt
+    only, so a stale or duplicate end changes nothing. Runs that started before count 1."""
+    db.execute("ALTER TABLE runs ADD COLUMN attempt INTEGER NOT NULL DEFAULT 0")
+    db.execute("UPDATE runs SET attempt = 1 WHERE started_at IS NOT NULL")

@@ -1,4 +1,7 @@
-"""Workspace names: validated, and always resolved inside the workspace root."""
+"""Workspace names: validated, and always resolved inside the workspace root.
+
+Names and paths only: never touches the database, the bus or a process.
+"""
 
 from __future__ import annotations
 

@@ -27,11 +27,12 @@ on hubs embedded in this process (dispatch is `hub.bus.perform("runner.dispatch"
    Rows 2 and 3 show p99 over all samples; their ratio is the median of the per-round
    ratios of p50s of a like-for-like measure (the agent's first instruction; the exit
    stamp to the notice).
-4. next-run pick: `Runner._head(agent, now)` (the indexed choice of the next run) with 100
-   vs 100,000 queued runs of one agent in the table, on two frozen hubs side by side (goal:
-   ratio <= 2); for information also with the first 64 heads blocked by a busy session
-   (one more page), with 1,024 queued runs of a model whose lane is full ahead of the pick
-   (paging), and `runner.dispatch` into each frozen queue (its answer has the position).
+4. next-run pick: `Scheduler.next_candidate(agent, now)` (the indexed choice of the next
+   run) with 100 vs 100,000 queued runs of one agent in the table, on two frozen hubs side
+   by side (goal: ratio <= 2); for information also with the first 64 heads blocked by a
+   busy session (one more page), with 1,024 queued runs of a model whose lane is full ahead
+   of the pick (paging), and `runner.dispatch` into each frozen queue (its answer has the
+   position).
 
 Shared machines are noisy: baseline and fleetbus alternate in several rounds (ABBA order);
 a ratio is the median of the per-round ratios, a figure the median over rounds, and p50/p99
@@ -691,14 +692,14 @@ async def fill_queue(
             )
         ]
     )
-    runner.queued_by_agent[agent] = sum(count for _, count in segments)
+    runner.state.queued_by_agent[agent] = sum(count for _, count in segments)
     return order
 
 
 class Blocked:
     """Block the first `k` queued runs by marking their workspaces busy (as the runner's
     session count sees it), or, with `lane_model`, block every queued run of that model by
-    filling its lane. `expected` is the run `_head` must pick then."""
+    filling its lane. `expected` is the run `next_candidate` must pick then."""
 
     def __init__(
         self,
@@ -722,29 +723,33 @@ class Blocked:
 
     def __enter__(self) -> Blocked:
         for ws in self.workspaces:
-            self.runner.session_active[ws] = self.runner.session.max_concurrent
+            self.runner.state.session_active[ws] = self.runner.state.session.max_concurrent
         if self.lane_full and self.lane_model is not None:
-            _, per_model = self.runner.agents[self.agent].limits()
-            self.runner.lanes.by_model[(self.agent, self.lane_model)] = per_model[self.lane_model]
+            _, per_model = self.runner.state.agents[self.agent].limits()
+            self.runner.state.lanes.by_model[(self.agent, self.lane_model)] = per_model[
+                self.lane_model
+            ]
         return self
 
     def __exit__(self, *exc: object) -> None:
         for ws in self.workspaces:
-            del self.runner.session_active[ws]
+            del self.runner.state.session_active[ws]
         if self.lane_full:
-            self.runner.lanes.by_model.pop((self.agent, self.lane_model or ""), None)
+            self.runner.state.lanes.by_model.pop((self.agent, self.lane_model or ""), None)
 
 
 async def time_head(runner: Runner, agent: str, calls: int, expected: str | None) -> float:
-    """Median microseconds of `runner._head(agent, now)`, checking the pick each time."""
+    """Median microseconds of `next_candidate(agent, now)`, checking the pick each time."""
     samples = []
     for _ in range(calls):
         now = time.time()
         t0 = time.perf_counter_ns()
-        head = await runner._head(agent, now)
+        head = await runner.scheduler.next_candidate(agent, now)
         samples.append((time.perf_counter_ns() - t0) / 1000)
         if (head.run_id if head else None) != expected:
-            raise BenchError(f"_head picked {head.run_id if head else None}, expected {expected}")
+            raise BenchError(
+                f"next_candidate picked {head.run_id if head else None}, expected {expected}"
+            )
     return statistics.median(samples)
 
 
@@ -757,7 +762,7 @@ async def bench_head(profile: Profile, tmp: Path) -> list[Result]:
         bench_hub(tmp, "head-big", frozen=True) as big,
     ):
         rs, rb = runner_of(small), runner_of(big)
-        if not (rs.frozen and rb.frozen):
+        if not (rs.state.frozen and rb.state.frozen):
             raise BenchError("the queue hubs are not frozen")
         t0 = time.perf_counter()
         order_s = await fill_queue(small, "noop", [(None, small_n)])

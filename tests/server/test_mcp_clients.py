@@ -10,19 +10,15 @@ hub the server starts is stopped by the `home` fixture.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-BIN = REPO / ".npm-tools" / "node_modules" / ".bin"
-INSTALL = (
-    "npm install --prefix .npm-tools @modelcontextprotocol/inspector@2.12.0 "
-    "@anthropic-ai/claude-code@2.1.328 @openai/codex@0.169.0"
-)
+from fleetbus.testing.clients import npm_bin, run
+from fleetbus.testing.processes import wait_for
+
+REPO = Path(__file__).resolve().parents[2]
 TOOLS = {
     "runner_dispatch",
     "runner_status",
@@ -33,17 +29,6 @@ TOOLS = {
     "fleetbus_watch",
 }
 SERVE = [sys.executable, "-m", "fleetbus.server", "serve"]
-TIMEOUT = 60
-
-
-def client_bin(name: str) -> Path:
-    path = BIN / name
-    if not path.exists():
-        message = f"{path} is missing: run `{INSTALL}` in {REPO}"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    return path
 
 
 @pytest.fixture
@@ -65,33 +50,22 @@ def client_env(home: Path, env: dict[str, str], tmp_path: Path) -> dict[str, str
     return out
 
 
-def run(
-    argv: list[str], env: dict[str, str], cwd: Path | None = None
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        argv,
-        env=env,
-        cwd=cwd,
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT,
-    )
-
-
 def inspector_env(env: dict[str, str]) -> list[str]:
     """The Inspector (2.x) gives the server only the variables passed with -e."""
     return [arg for k, v in env.items() if k.startswith("FLEETBUS_") for arg in ("-e", f"{k}={v}")]
 
 
 def the_server_used(home: Path) -> None:
-    """The server ran with the test's FLEETBUS_HOME (its hub's database is there)."""
-    assert (home / "fleetbus.db").exists(), f"no hub ran in {home}: the env did not reach it"
+    """The server ran with the test's FLEETBUS_HOME: the hub it started has its database
+    there (the relay answers the handshake and tools/list without waiting for the hub)."""
+    assert wait_for((home / "fleetbus.db").exists, 30), (
+        f"no hub ran in {home}: the env did not reach it"
+    )
 
 
 # -- MCP Inspector (CLI mode) -----------------------------------------------------------------
 def test_inspector_lists_the_tools(home: Path, client_env: dict[str, str]) -> None:
-    inspector = client_bin("mcp-inspector")
+    inspector = npm_bin("mcp-inspector", REPO)
     proc = run(
         [str(inspector), "--cli", *inspector_env(client_env), *SERVE, "--method", "tools/list"],
         client_env,
@@ -107,7 +81,7 @@ def test_inspector_lists_the_tools(home: Path, client_env: dict[str, str]) -> No
 
 
 def test_inspector_calls_runner_status(home: Path, client_env: dict[str, str]) -> None:
-    inspector = client_bin("mcp-inspector")
+    inspector = npm_bin("mcp-inspector", REPO)
     proc = run(
         [
             str(inspector),
@@ -134,7 +108,7 @@ def test_inspector_calls_runner_status(home: Path, client_env: dict[str, str]) -
 
 # -- Claude Code ------------------------------------------------------------------------------
 def test_claude_code_connects(home: Path, client_env: dict[str, str], tmp_path: Path) -> None:
-    claude = client_bin("claude")
+    claude = npm_bin("claude", REPO)
     project = tmp_path / "project"
     project.mkdir()
     added = run([str(claude), "mcp", "add", "fleetbus", "--", *SERVE], client_env, cwd=project)

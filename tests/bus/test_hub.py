@@ -3,21 +3,27 @@
 from __future__ import annotations
 
 import json
+import logging
+from collections.abc import Generator
 from pathlib import Path
 from typing import Any, ClassVar
 
 import anyio
 import pytest
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, Field
 from sqlite_utils import Database, Migrations
 
 from fleetbus.bus import (
     ActionNotFound,
+    ConfigError,
+    ConfigRegistrar,
+    ConfigSection,
     Context,
     InvalidInput,
     Message,
     Query,
     StartupError,
+    StashKey,
     hookimpl,
 )
 from fleetbus.bus.actions import ActionRegistrar
@@ -27,6 +33,8 @@ from fleetbus.bus.lock import is_locked
 from fleetbus.bus.paths import Home
 from fleetbus.bus.queries import QueryRegistrar
 from fleetbus.bus.subscribers import SubscriberRegistrar
+from fleetbus.plugins.runner import RUNNER, Runner, runner_of
+from fleetbus.plugins.runner.config import DISPATCH
 from fleetbus.testing.hub import embedded_hub, isolated_env
 
 pytestmark = pytest.mark.anyio
@@ -94,6 +102,229 @@ async def test_a_failing_startup_aborts_naming_the_plugin_and_stops_the_started(
     assert not Home(home).socket.exists()
 
 
+class Ordered:
+    """Records its startup; `tryfirst`/`trylast` move it to the front or back."""
+
+    def __init__(self, name: str, log: list[str]) -> None:
+        self.name, self.log = name, log
+
+    @hookimpl
+    def startup(self, hub: Hub) -> None:
+        self.log.append(self.name)
+
+
+class First(Ordered):
+    @hookimpl(tryfirst=True)
+    def startup(self, hub: Hub) -> None:
+        self.log.append(self.name)
+
+
+class Last(Ordered):
+    @hookimpl(trylast=True)
+    def startup(self, hub: Hub) -> None:
+        self.log.append(self.name)
+
+
+class Wrapper:
+    """A hook wrapper around `startup`: it sees every plugin's call and its result."""
+
+    def __init__(self, log: list[str]) -> None:
+        self.log = log
+
+    @hookimpl(wrapper=True)
+    def startup(self, hub: Hub) -> Generator[None, Any, Any]:
+        self.log.append("wrap")
+        result = yield
+        self.log.append("unwrap")
+        return result
+
+
+async def test_hooks_honour_tryfirst_trylast_and_wrappers(home: Path) -> None:
+    log: list[str] = []
+    plugins = [
+        ("last", Last("last", log)),
+        ("a", Ordered("a", log)),
+        ("wrapper", Wrapper(log)),
+        ("first", First("first", log)),
+        ("b", Ordered("b", log)),
+    ]
+    async with embedded_hub(home, plugins=plugins):
+        pass
+    started = [entry for entry in log if entry not in ("wrap", "unwrap")]
+    assert started == ["first", "a", "b", "last"]
+    # the wrapper wraps each plugin's call, the built-ins' (runner, mcp_host) included
+    assert log[:3] == ["wrap", "first", "unwrap"]
+    assert log.count("wrap") == log.count("unwrap") == len(started) + 2
+
+
+async def test_trace_logs_every_hook_call(home: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger="fleetbus.plugins")
+    env = {**isolated_env(home), "FLEETBUS_TRACE": "1"}
+    async with embedded_hub(home, env=env, plugins=[("a", Recorder("a", []))]):
+        pass
+    traced = "\n".join(r.getMessage() for r in caplog.records if r.name == "fleetbus.plugins")
+    for hook in (
+        "register_config",
+        "register_migrations",
+        "register_actions",
+        "register_queries",
+        "startup",
+        "shutdown",
+    ):
+        assert f"hook {hook} [" in traced, f"{hook} is not traced:\n{traced}"
+    assert "hook startup [a] (hub=<Hub " in traced
+    assert "hook register_actions [runner] (register=<ActionRegistrar of plugin 'runner'>" in traced
+
+
+async def test_no_trace_without_the_switch(home: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger="fleetbus.plugins")
+    async with embedded_hub(home):
+        pass
+    assert not [r for r in caplog.records if r.getMessage().startswith("hook ")]
+
+
+# -- config sections registered through the hook ---------------------------------------------
+class Greeter(BaseModel):
+    """Settings of the greeter plugin."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    greeting: str = Field("hello", description="The word said before the name.")
+    times: int = Field(1, ge=1, description="How often to say it.")
+
+
+GREETER = ConfigSection("greeter", Greeter, "Settings of the greeter plugin.")
+
+
+class GreeterPlugin:
+    """Claims `sections` (by default its own) and reads its section back at startup."""
+
+    def __init__(self, *sections: ConfigSection[Any]) -> None:
+        self.sections = sections or (GREETER,)
+        self.seen: Greeter | None = None
+
+    @hookimpl
+    def register_config(self, register: ConfigRegistrar) -> None:
+        for section in self.sections:
+            register(section)
+
+    @hookimpl
+    def startup(self, hub: Hub) -> None:
+        if GREETER in hub.config:
+            self.seen = hub.config[GREETER]
+
+
+def config_env(home: Path, text: str) -> dict[str, str]:
+    path = home.parent / "fleetbus.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return isolated_env(home, config=path)
+
+
+async def test_a_plugin_reads_its_own_section(home: Path) -> None:
+    plugin = GreeterPlugin()
+    env = config_env(home, "greeter:\n  greeting: hi\n")
+    async with embedded_hub(home, env=env, plugins=[("greeter", plugin)]) as hub:
+        assert plugin.seen == Greeter(greeting="hi")
+        assert hub.config[GREETER] is plugin.seen
+        assert hub.config.owner("greeter") == "greeter"
+        assert hub.config[DISPATCH].total_concurrency == 8  # the runner's, through its hook
+        assert "register_config" in hub.plugins.infos[-1].hooks
+
+
+async def test_a_bad_value_in_a_plugin_section_names_file_key_and_plugin(home: Path) -> None:
+    env = config_env(home, "greeter:\n  times: 0\n")
+    with pytest.raises(ConfigError) as info:
+        async with embedded_hub(home, env=env, plugins=[("greeter", GreeterPlugin())]):
+            pytest.fail("the hub must not start")
+    assert str(info.value) == (
+        f"{env['FLEETBUS_CONFIG']}: greeter.times: Input should be greater than or equal to 1 "
+        "(plugin 'greeter')"
+    )
+    assert not is_locked(Home(home).lock)
+
+
+async def test_a_section_registered_twice_by_one_plugin(home: Path) -> None:
+    with pytest.raises(StartupError, match="plugin 'greeter' registers config section 'greeter'"):
+        async with embedded_hub(home, plugins=[("greeter", GreeterPlugin(GREETER, GREETER))]):
+            pytest.fail("the hub must not start")
+
+
+async def test_a_section_another_plugin_owns_names_both(home: Path) -> None:
+    clash = ConfigSection("dispatch", Greeter, "Takes the runner's section.")
+    with pytest.raises(
+        StartupError,
+        match="config section 'dispatch' is registered twice: by plugin 'runner' and by "
+        "plugin 'greeter'",
+    ):
+        async with embedded_hub(home, plugins=[("greeter", GreeterPlugin(clash))]):
+            pytest.fail("the hub must not start")
+    plugins = [("one", GreeterPlugin()), ("two", GreeterPlugin())]
+    with pytest.raises(StartupError, match="by plugin 'one' and by plugin 'two'"):
+        async with embedded_hub(home, plugins=plugins):
+            pytest.fail("the hub must not start")
+    core = ConfigSection("hub", Greeter, "Takes the core's section.")
+    with pytest.raises(StartupError, match="by the core and by plugin 'greeter'"):
+        async with embedded_hub(home, plugins=[("greeter", GreeterPlugin(core))]):
+            pytest.fail("the hub must not start")
+
+
+class BrokenConfig:
+    @hookimpl
+    def register_config(self, register: ConfigRegistrar) -> None:
+        register(Greeter)  # type: ignore[arg-type]  # the model, not a section
+
+
+async def test_register_config_takes_sections_only(home: Path) -> None:
+    with pytest.raises(StartupError, match=r"plugin 'broken': register\(\) takes a ConfigSection"):
+        async with embedded_hub(home, plugins=[("broken", BrokenConfig())]):
+            pytest.fail("the hub must not start")
+
+
+async def test_a_disabled_plugins_section_is_reported_not_refused(
+    home: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    text = "greeter:\n  times: 0\ndispatch:\n  total_concurrency: 0\n"
+    env = {**config_env(home, text), "FLEETBUS_DISABLE_PLUGINS": "greeter,runner"}
+    with caplog.at_level(logging.INFO, logger="fleetbus.manifests"):
+        async with embedded_hub(home, env=env, plugins=[("greeter", GreeterPlugin())]) as hub:
+            assert hub.config.ignored == {
+                "greeter": "plugin 'greeter' is disabled by FLEETBUS_DISABLE_PLUGINS",
+                "agents": "plugin 'runner' is disabled by FLEETBUS_DISABLE_PLUGINS",
+                "dispatch": "plugin 'runner' is disabled by FLEETBUS_DISABLE_PLUGINS",
+            }
+            assert list(hub.config) == ["hub"]
+            with pytest.raises(KeyError, match="plugin 'runner' is disabled"):
+                hub.config[DISPATCH]
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert (
+        f"{env['FLEETBUS_CONFIG']}: config section 'greeter' is not checked: plugin 'greeter' "
+        "is disabled by FLEETBUS_DISABLE_PLUGINS"
+    ) in warned
+    assert any("'dispatch'" in w for w in warned)  # set in the user's file
+    assert not any("'agents'" in w for w in warned)  # only in the built-in files
+
+
+# -- per-hub objects -------------------------------------------------------------------------
+COUNTER = StashKey[list[str]]()
+
+
+async def test_each_hub_has_its_own_stash(tmp_path: Path) -> None:
+    homes = [tmp_path / "h1", tmp_path / "h2"]
+    async with (
+        embedded_hub(homes[0], serve_socket=False) as one,
+        embedded_hub(homes[1], serve_socket=False) as two,
+    ):
+        assert isinstance(one.stash[RUNNER], Runner)  # the runner keeps its Runner there
+        assert runner_of(one) is one.stash[RUNNER] is not two.stash[RUNNER]
+        one.stash[COUNTER] = ["one"]
+        assert COUNTER in one.stash and COUNTER not in two.stash
+        assert two.stash.get(COUNTER, None) is None
+        assert two.stash.setdefault(COUNTER, ["two"]) == ["two"]
+        assert one.stash[COUNTER] == ["one"]
+        assert one.stash.pop(COUNTER, None) == ["one"] and COUNTER not in one.stash
+
+
 class Misspelled:
     @hookimpl
     def register_action(self, register: Any) -> None: ...
@@ -125,9 +356,7 @@ class Full:
         register(self.migrations)
 
     @hookimpl
-    def register_actions(self, register: ActionRegistrar) -> None:
-        hub: Hub = register.hub
-
+    def register_actions(self, register: ActionRegistrar, hub: Hub) -> None:
         @register("full.say", exposed=True)
         async def say(req: Text, ctx: Context) -> Text:
             """Store a note and announce it."""

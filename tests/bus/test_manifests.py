@@ -1,4 +1,5 @@
-"""The manifest models, the YAML loader (merge, blame, one-line errors) and the schemas."""
+"""The manifest: the runner's section models, the YAML loader (merge, blame, one-line
+errors), sections registered by plugins, and the schemas."""
 
 from __future__ import annotations
 
@@ -9,13 +10,13 @@ from pathlib import Path
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from pydantic import ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from fleetbus.bus.errors import ConfigError
+from fleetbus.bus.config import CORE, ConfigSection, ConfigSections
+from fleetbus.bus.errors import ConfigError, StartupError
 from fleetbus.bus.manifests import (
-    AgentSpec,
-    Manifest,
-    UsageSpec,
+    HUB,
+    core_sections,
     load_manifest,
     main,
     merge,
@@ -24,8 +25,9 @@ from fleetbus.bus.manifests import (
     user_config_path,
     write_schemas,
 )
+from fleetbus.plugins.runner.config import AGENTS, DISPATCH, AgentSpec, UsageSpec
 
-SCHEMA_DIR = Path(__file__).resolve().parents[1] / "manifests" / "schema"
+SCHEMA_DIR = Path(__file__).resolve().parents[2] / "manifests" / "schema"
 PY = "/usr/bin/python3"
 WS = "/tmp/ws"
 
@@ -64,7 +66,11 @@ def test_builtin_manifest_loads(tmp_path: Path) -> None:
     assert manifest.dispatch.max_prompt_bytes == 1048576
     assert manifest.dispatch.start_frozen is False
     assert manifest.hub.idle_timeout == 600
-    assert manifest.plugins == {}
+    assert list(manifest) == ["agents", "dispatch", "hub"]
+    assert manifest[AGENTS] is manifest.agents and manifest[DISPATCH] is manifest.dispatch
+    assert manifest[HUB].idle_timeout == 600
+    assert (manifest.owner("agents"), manifest.owner("dispatch")) == ("runner", "runner")
+    assert manifest.owner("hub") == CORE and manifest.ignored == {}
     assert manifest.agents["codex"].limits() == (2, {})
     assert manifest.agents["fake"].limits() == (4, {})
 
@@ -302,10 +308,6 @@ dispatch:
   workspace_root: ~/ws
 hub:
   idle_timeout: 0
-plugins:
-  acme:
-    url: https://example.invalid
-    retries: 3
 """
 
 
@@ -331,7 +333,6 @@ def test_user_file_merges_over_builtins(tmp_path: Path) -> None:
     assert manifest.dispatch.workspace_root == Path("~/ws").expanduser()
     assert manifest.dispatch.total_concurrency == 8
     assert manifest.hub.idle_timeout == 0
-    assert manifest.plugins == {"acme": {"url": "https://example.invalid", "retries": 3}}
 
 
 def test_user_file_from_environment(tmp_path: Path) -> None:
@@ -381,7 +382,7 @@ def test_missing_files(tmp_path: Path) -> None:
         ),
         pytest.param(
             "agents:\n  Big:\n    command: [x, '{prompt}']\n",
-            "agents.Big: invalid agent name 'Big'",
+            "agents.Big: invalid agent name 'Big': use 1-64 lowercase letters",
             id="bad-agent-name",
         ),
         pytest.param(
@@ -409,7 +410,22 @@ def test_missing_files(tmp_path: Path) -> None:
             "agents.codex.bogus: unknown key",
             id="unknown-key-among-good-ones",
         ),
-        pytest.param("plugins:\n  acme: 3\n", "plugins.acme: Input should be", id="plugin-section"),
+        pytest.param(
+            "plugins:\n  acme: {}\n",
+            "plugins: unknown key (known keys: agents, dispatch, hub)",
+            id="free-form-plugins-section-is-gone",
+        ),
+        pytest.param(
+            "dispach:\n  total_concurrency: 2\n",
+            "dispach: unknown key; did you mean 'dispatch'? (known keys: agents, dispatch, hub)",
+            id="unknown-section",
+        ),
+        pytest.param(
+            "dispatch: 3\n",
+            "dispatch: Input should be a valid dictionary or instance of DispatchSpec "
+            "(plugin 'runner')",
+            id="section-not-a-mapping",
+        ),
         pytest.param(
             "agents:\n  codex:\n    concurrency: [1\n",
             "line 4, column 1: invalid YAML: expected ',' or ']'",
@@ -420,7 +436,11 @@ def test_missing_files(tmp_path: Path) -> None:
             "line 3, column 1: invalid YAML: duplicate key 'hub'",
             id="duplicate-key",
         ),
-        pytest.param("- a\n- b\n", "the top level must be a mapping", id="top-level-list"),
+        pytest.param(
+            "- a\n- b\n",
+            "the top level must be a mapping of sections (agents:, dispatch:, hub:), got a list",
+            id="top-level-list",
+        ),
         pytest.param("just words\n", "the top level must be a mapping", id="top-level-str"),
     ],
 )
@@ -471,7 +491,7 @@ def test_schema_files_are_current() -> None:
 def test_schemas_document_every_field() -> None:
     assert set(schemas()) == {
         "manifest.schema.json",
-        "agent.schema.json",
+        "agents.schema.json",
         "dispatch.schema.json",
         "hub.schema.json",
     }
@@ -482,6 +502,12 @@ def test_schemas_document_every_field() -> None:
     for field, prop in manifest["properties"].items():
         assert prop.get("description"), f"Manifest.{field} has no description"
     assert manifest["additionalProperties"] is False
+    agents = schemas()["agents.schema.json"]
+    assert agents["description"] == AGENTS.description
+    assert agents["patternProperties"] == {
+        "^[a-z0-9][a-z0-9_-]{0,63}$": {"$ref": "#/$defs/AgentSpec"}
+    }
+    assert schemas()["dispatch.schema.json"]["additionalProperties"] is False
 
 
 def test_write_and_check_schemas(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -494,17 +520,135 @@ def test_write_and_check_schemas(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert "--write-schemas" in capsys.readouterr().err
 
 
-def test_main_validates_a_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_main_validates_a_config(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     good = write(tmp_path / "good.yaml", USER_FILE)
     assert main(["--config", str(good)]) == 0
-    assert "sleepy" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "ok: agents (plugin 'runner'): claude, codex, fake, shell, sleepy" in out
+    assert "ok: hub\n" in out
     bad = write(tmp_path / "bad.yaml", "hub: {idle_timeout: -1}\n")
     assert main(["--config", str(bad)]) == 1
     assert f"{bad}: hub.idle_timeout" in capsys.readouterr().err
+    monkeypatch.setenv("FLEETBUS_DISABLE_PLUGINS", "runner")
+    assert main(["--config", str(good)]) == 0
+    out = capsys.readouterr().out
+    assert "ok: hub\n" in out and "ok: agents" not in out
+    assert "not checked: agents: plugin 'runner' is disabled by FLEETBUS_DISABLE_PLUGINS" in out
 
 
-def test_manifest_defaults_without_files() -> None:
-    manifest = Manifest()
-    assert manifest.agents == {}
-    assert manifest.dispatch.total_concurrency == 8
-    assert manifest.hub.idle_timeout == 600
+def test_sections_default_without_files() -> None:
+    sections = core_sections()
+    sections.add("runner", AGENTS)
+    sections.add("runner", DISPATCH)
+    manifest = sections.model()().model_dump()
+    assert manifest["agents"] == {}
+    assert manifest["dispatch"]["total_concurrency"] == 8
+    assert manifest["hub"] == {"idle_timeout": 600}
+
+
+# --- sections registered by plugins --------------------------------------------------------
+
+
+class Acme(BaseModel):
+    """Settings of the acme plugin."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: str = Field("https://example.invalid", description="Where acme lives.")
+    retries: int = Field(3, ge=0, description="Attempts before acme gives up.")
+
+
+ACME = ConfigSection("acme", Acme, "Settings of the acme plugin.")
+
+
+def acme_sections(**not_loaded: str) -> ConfigSections:
+    sections = core_sections()
+    sections.not_loaded = not_loaded.get
+    sections.add("runner", AGENTS)
+    sections.add("runner", DISPATCH)
+    sections.add("acme-plugin", ACME)
+    return sections
+
+
+def test_a_plugin_section_is_validated_and_read_by_its_key(tmp_path: Path) -> None:
+    path = write(tmp_path / "fleetbus.yaml", "acme:\n  retries: 5\n")
+    config = load_manifest(path, env={}, sections=acme_sections())
+    assert config[ACME] == Acme(retries=5)
+    assert config.owner("acme") == "acme-plugin"
+    assert load_manifest(env=env_for(tmp_path), sections=acme_sections())[ACME] == Acme()
+    other = ConfigSection("acme", Acme, "Another section that is not registered.")
+    assert ACME in config and other not in config
+    with pytest.raises(KeyError, match="no loaded plugin registered it"):
+        config[other]
+    with pytest.raises(AttributeError, match="sections: acme, agents, dispatch, hub"):
+        config.nothing  # noqa: B018
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        pytest.param(
+            "acme:\n  retries: -1\n",
+            "acme.retries: Input should be greater than or equal to 0 (plugin 'acme-plugin')",
+            id="bad-value",
+        ),
+        pytest.param(
+            "acme:\n  retry: 1\n",
+            "acme.retry: unknown key; did you mean 'retries'? (known keys: url, retries) "
+            "(plugin 'acme-plugin')",
+            id="unknown-key",
+        ),
+        pytest.param(
+            "acme: [1]\n",
+            "acme: Input should be a valid dictionary or instance of Acme (plugin 'acme-plugin')",
+            id="not-a-mapping",
+        ),
+        pytest.param(
+            "acm: {}\n",
+            "acm: unknown key; did you mean 'acme'? (known keys: acme, agents, dispatch, hub)",
+            id="misspelled-section",
+        ),
+    ],
+)
+def test_a_bad_plugin_section_names_file_key_and_plugin(
+    tmp_path: Path, text: str, expected: str
+) -> None:
+    path = write(tmp_path / "fleetbus.yaml", text)
+    with pytest.raises(ConfigError) as info:
+        load_manifest(path, env={}, sections=acme_sections())
+    assert str(info.value) == f"{path}: {expected}"
+
+
+def test_a_section_of_a_plugin_that_is_not_loaded_is_set_aside(tmp_path: Path) -> None:
+    path = write(tmp_path / "fleetbus.yaml", "gone:\n  anything: [goes]\n")
+    why = "plugin 'gone' is disabled by FLEETBUS_DISABLE_PLUGINS"
+    config = load_manifest(path, env={}, sections=acme_sections(gone=why))
+    assert config.ignored == {"gone": why}
+    assert "gone" not in list(config)
+    gone = ConfigSection("gone", Acme, "A disabled plugin's section.")
+    with pytest.raises(KeyError, match=f"config section 'gone' is not loaded: {why}"):
+        config[gone]
+
+
+def test_a_section_claimed_twice_names_both_owners() -> None:
+    sections = acme_sections()
+    with pytest.raises(
+        StartupError,
+        match="config section 'acme' is registered twice: by plugin 'acme-plugin' and by "
+        "plugin 'other'",
+    ):
+        sections.add("other", ConfigSection("acme", Acme, "Clash."))
+    with pytest.raises(StartupError, match="plugin 'acme-plugin' registers config section"):
+        sections.add("acme-plugin", ACME)
+    with pytest.raises(
+        StartupError, match="'hub' is registered twice: by the core and by plugin 'other'"
+    ):
+        sections.add("other", ConfigSection("hub", Acme, "Not yours."))
+
+
+@pytest.mark.parametrize("name", ["Acme", "1st", "with-dash", "", "json", "model_config"])
+def test_section_names_are_checked(name: str) -> None:
+    with pytest.raises(StartupError, match="config section name"):
+        ConfigSection(name, Acme, "Bad name.")

@@ -1,8 +1,9 @@
 """The issue's acceptance test, as a new plugin author would do it.
 
 Write a plugin package, install it with real pip, and use it through the real `fleetbus`
-command: its action is listed, validated and called on an autostarted hub; the allow and
-deny lists hide it; broken plugins stop the hub from starting with one clear line.
+command: its action is listed, validated and called on an autostarted hub; its config
+section is read from the user's file and validated; the allow and deny lists hide it;
+broken plugins stop the hub from starting with one clear line.
 """
 
 from __future__ import annotations
@@ -27,8 +28,14 @@ pytestmark = pytest.mark.slow
 Cli = Callable[..., subprocess.CompletedProcess[str]]
 
 HELLO_PLUGIN = '''\
-from pydantic import BaseModel
-from fleetbus.bus import hookimpl
+from pydantic import BaseModel, ConfigDict, Field
+from fleetbus.bus import ConfigSection, hookimpl
+
+class HelloConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    greeting: str = Field("hello", description="The word said before the name.")
+
+HELLO = ConfigSection("hello", HelloConfig, "Settings of the hello plugin.")
 
 class Greet(BaseModel):
     name: str
@@ -37,11 +44,15 @@ class Greeting(BaseModel):
     text: str
 
 @hookimpl
-def register_actions(register):
+def register_config(register):
+    register(HELLO)
+
+@hookimpl
+def register_actions(register, hub):
     @register("hello.greet", exposed=True)
     async def greet(req: Greet) -> Greeting:
         """Greet someone by name."""
-        return Greeting(text=f"hello {req.name}")
+        return Greeting(text=f"{hub.config[HELLO].greeting} {req.name}")
 '''
 
 BROKEN_PLUGIN = """\
@@ -67,6 +78,18 @@ def register_actions(register):
     async def ping() -> None:
         """Takes a name the built-in hub plugin already owns."""
 '''
+
+CLASH_CONFIG_PLUGIN = """\
+from pydantic import BaseModel
+from fleetbus.bus import ConfigSection, hookimpl
+
+class Mine(BaseModel):
+    total_concurrency: int = 1
+
+@hookimpl
+def register_config(register):
+    register(ConfigSection("dispatch", Mine, "Claims the runner's section."))
+"""
 
 
 # -- building and installing plugin packages -------------------------------------------------
@@ -157,6 +180,7 @@ def bad_sites(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
             "broken-plugin": ("broken", "broken_plugin", BROKEN_PLUGIN),
             "typo-plugin": ("typo", "typo_plugin", TYPO_PLUGIN),
             "clash-plugin": ("clash", "clash_plugin", CLASH_PLUGIN),
+            "clashcfg-plugin": ("clashcfg", "clashcfg_plugin", CLASH_CONFIG_PLUGIN),
         },
     )
 
@@ -233,12 +257,48 @@ def test_hello_plugin_end_to_end(
     assert plugins["loaded"]["hello"]["source"] == "entry point"
     assert plugins["loaded"]["hello"]["version"] == "0.1"
     assert plugins["loaded"]["hello"]["module"] == "hello_plugin"
-    assert plugins["loaded"]["hello"]["hooks"] == ["register_actions"]
+    assert plugins["loaded"]["hello"]["hooks"] == ["register_actions", "register_config"]
     assert "hub" in plugins["loaded"]
 
     text = cli("plugins", **user)
     assert text.returncode == 0, text.stderr
     assert any(ln.startswith("hello 0.1") for ln in text.stdout.splitlines()), text.stdout
+
+
+def test_the_plugins_config_section(
+    cli: Cli, env: dict[str, str], home: Path, hello_site: Path
+) -> None:
+    config = home.parent / "fleetbus.yaml"
+    user = {**with_site(env, hello_site), "FLEETBUS_CONFIG": str(config)}
+    config.write_text("hello:\n  greeting: [hi]\n")
+    err = failed_start(cli, home, hello_site, env, FLEETBUS_CONFIG=str(config))
+    assert f"{config}: hello.greeting: Input should be a valid string (plugin 'hello')" in err, err
+
+    config.write_text("hello:\n  greting: hi\n")
+    err = failed_start(cli, home, hello_site, env, FLEETBUS_CONFIG=str(config))
+    assert f"{config}: hello.greting: unknown key; did you mean 'greeting'?" in err, err
+    assert "(plugin 'hello')" in err, err
+
+    config.write_text("helo:\n  greeting: hi\n")
+    err = failed_start(cli, home, hello_site, env, FLEETBUS_CONFIG=str(config))
+    assert f"{config}: helo: unknown key; did you mean 'hello'?" in err, err
+    assert "(known keys: agents, dispatch, hello, hub)" in err, err
+
+    config.write_text("hello:\n  greeting: hi\n")
+    proc = cli("call", "hello.greet", '{"name":"ada"}', **user)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) == {"text": "hi ada"}
+    stop_and_wait(cli, home, **user)
+
+    # disabled, its section is set aside and reported, not refused as unknown
+    config.write_text("hello:\n  greeting: [not, checked]\n")
+    denied = {**user, "FLEETBUS_DISABLE_PLUGINS": "hello"}
+    proc = cli("call", "hub.ping", "{}", **denied)
+    assert proc.returncode == 0, proc.stderr
+    assert (
+        f"{config}: config section 'hello' is not checked: plugin 'hello' is disabled by "
+        "FLEETBUS_DISABLE_PLUGINS"
+    ) in Home(home).log.read_text()
 
 
 def test_disable_plugins_hides_it(
@@ -274,8 +334,8 @@ def test_empty_plugin_list_loads_no_entry_points(
 
 
 # -- broken plugins stop the hub from starting -----------------------------------------------
-def failed_start(cli: Cli, home: Path, site: Path, env: dict[str, str]) -> str:
-    proc = cli("call", "hub.ping", "{}", **with_site(env, site))
+def failed_start(cli: Cli, home: Path, site: Path, env: dict[str, str], **extra: str) -> str:
+    proc = cli("call", "hub.ping", "{}", **with_site(env, site), **extra)
     assert proc.returncode == 2, proc
     err = one_line_error(proc)
     assert not is_locked(Home(home).lock), "a hub that failed to start must not keep running"
@@ -303,6 +363,14 @@ def test_plugin_with_a_misspelled_hook(
     err = failed_start(cli, home, bad_sites["typo-plugin"], env)
     assert "'typo'" in err, err
     assert "register_action'" in err and "register_actions" in err, err
+
+
+def test_plugin_claiming_a_used_config_section(
+    cli: Cli, env: dict[str, str], home: Path, bad_sites: dict[str, Path]
+) -> None:
+    err = failed_start(cli, home, bad_sites["clashcfg-plugin"], env)
+    assert "config section 'dispatch' is registered twice" in err, err
+    assert "plugin 'runner'" in err and "plugin 'clashcfg'" in err, err
 
 
 def test_plugin_taking_a_used_action_name(

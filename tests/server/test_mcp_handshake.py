@@ -12,12 +12,14 @@ import fcntl
 import json
 import os
 import signal
+import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import anyio
 import mcp.types as types
 import pytest
 from mcp.types.version import HANDSHAKE_PROTOCOL_VERSIONS
@@ -25,7 +27,7 @@ from mcp.types.version import HANDSHAKE_PROTOCOL_VERSIONS
 from fleetbus.bus.lock import read_pid
 from fleetbus.bus.paths import Home
 from fleetbus.server import handshake
-from fleetbus.server.mcp_server import FleetMCP
+from fleetbus.server.mcp_server import FleetMCP, Session
 from fleetbus.server.relay import TOOLS_CACHE
 from fleetbus.testing.hub import stop_hub
 from fleetbus.testing.mcp_wire import CHANNEL_METHOD, HANDSHAKE, WireClient
@@ -293,7 +295,8 @@ def test_a_hub_without_the_mcp_host_gives_a_clear_error(
     serve_env["FLEETBUS_DISABLE_PLUGINS"] = "mcp_host"
     with serve(serve_env, home) as client:
         client.open()
-        message = error_of(client.call("tools/list", timeout=40))[1]
+        reply = client.call("tools/call", {"name": "runner_status", "arguments": {}}, timeout=40)
+        message = error_of(reply)[1]
         assert "does not serve MCP sessions" in message and "mcp_host" in message, message
 
 
@@ -363,3 +366,52 @@ def test_runs_ending_at_once_reach_the_client_with_every_status(
             named = e["meta"]["run_ids"].split(",")
             pairs = dict(p.split(":") for p in e["meta"]["statuses"].split(","))
             assert list(pairs) == named, e["meta"]
+
+
+# -- sessions never wait on each other --------------------------------------------------------
+@pytest.mark.anyio
+async def test_a_stuck_session_never_holds_up_the_others() -> None:
+    app = FleetMCP(get_nothing)
+    stuck_out, stuck_in = anyio.create_memory_object_stream[Any](2)
+    live_out, live_in = anyio.create_memory_object_stream[Any](1000)
+    app.sessions = {"stuck": Session("stuck", stuck_out), "live": Session("live", live_out)}
+    with anyio.fail_after(5):  # route never blocks, whoever does not read
+        for n in range(100):
+            app.route({"data": {"channel": "fleet", "content": f"event {n}", "meta": {}}})
+    received = [live_in.receive_nowait().content for _ in range(100)]
+    assert received == [f"event {n}" for n in range(100)]
+    assert app.sessions["stuck"].dropped == 98
+    for stream in (stuck_out, stuck_in, live_out, live_in):
+        stream.close()
+
+
+def test_a_session_killed_mid_burst_leaves_the_others_served(
+    home: Path, serve_env: dict[str, str]
+) -> None:
+    with serve(serve_env, home, "a") as a, serve(serve_env, home, "b") as b:
+        a.open_like_claude_code()
+        b.open_like_claude_code()
+        for client in (a, b):  # both sessions served (a session opening races the CLI)
+            assert "result" in client.call_tool("runner_status", {"limit": 0})
+        cli = [sys.executable, "-m", "fleetbus.server", "call", "runner.dispatch"]
+        first = []
+        for n in range(20):  # dispatched from the CLI: their events go to every session
+            args = json.dumps({"agent": "quick", "prompt": "x", "workspace": f"acme/kill/t{n}"})
+            done = subprocess.run([*cli, args], env=serve_env, capture_output=True, text=True)
+            assert done.returncode == 0, done.stderr
+            first.append(json.loads(done.stdout)["run_id"])
+            if n == 5:
+                b.proc.kill()
+        try:
+            a.wait_for(lambda _: all(run_status(a, r) == "completed" for r in first), 30)
+        except AssertionError:
+            raise AssertionError(str({r: run_status(a, r) for r in first})) from None
+        assert "result" in a.call("ping")
+    assert "Traceback" not in (home / "hub.log").read_text()
+
+
+def test_the_packaged_tool_list_is_the_builtin_plugins_list() -> None:
+    """A home never used gets its first tools/list from default-tools.json."""
+    from fleetbus.server.tools import main as tools_main
+
+    assert tools_main([]) == 0, "run python -m fleetbus.server.tools --write"

@@ -24,9 +24,7 @@ missing, and fails under CI. The hub the server starts is stopped by the `home` 
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
 import sys
 import urllib.request
 from collections.abc import Sequence
@@ -35,6 +33,7 @@ from typing import Any
 
 import pytest
 
+from fleetbus.testing.clients import npm_bin, run, run_status
 from fleetbus.testing.fake_openai import (
     API_KEY_ENV,
     FakeResponses,
@@ -42,12 +41,9 @@ from fleetbus.testing.fake_openai import (
     function_call,
     message,
 )
-from fleetbus.testing.hub import cli_command
 from fleetbus.testing.processes import reap_runs, wait_for
 
-REPO = Path(__file__).resolve().parents[1]
-CODEX = REPO / ".npm-tools" / "node_modules" / ".bin" / "codex"
-INSTALL = "npm install --prefix .npm-tools @openai/codex@0.169.0"
+REPO = Path(__file__).resolve().parents[2]
 SERVE = [sys.executable, "-m", "fleetbus.server", "serve"]
 NAMESPACE = "mcp__fleetbus"
 CODEX_TIMEOUT = 45
@@ -67,15 +63,6 @@ default_tools_approval_mode = "approve"
 """
 
 
-def codex_bin() -> Path:
-    if not CODEX.exists():
-        reason = f"{CODEX} is missing: run `{INSTALL}` in {REPO}"
-        if os.environ.get("CI"):
-            pytest.fail(reason)
-        pytest.skip(reason)
-    return CODEX
-
-
 def codex_exec(
     codex: Path, prompt: str, *, home: Path, env: dict[str, str], cwd: Path
 ) -> tuple[int, str]:
@@ -84,49 +71,18 @@ def codex_exec(
     argv = [str(codex), "exec", "--skip-git-repo-check", "--ephemeral", "--json", prompt]
     env = {k: v for k, v in env.items() if not k.startswith(("OPENAI_", "CODEX_"))}
     env.update(HOME=str(home), CODEX_HOME=str(home / ".codex"))
-    try:
-        proc = subprocess.run(
-            argv,
-            env=env,
-            cwd=cwd,
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            timeout=CODEX_TIMEOUT,
-        )
-        code, out, err = proc.returncode, proc.stdout, proc.stderr
-    except subprocess.TimeoutExpired as exc:
-        code, out, err = -1, _text(exc.stdout), _text(exc.stderr) + "\n(timed out)"
-    return code, f"codex exit {code}\n-- stdout:\n{_tail(out)}\n-- stderr:\n{_tail(err)}"
-
-
-def _text(data: str | bytes | None) -> str:
-    return data.decode(errors="replace") if isinstance(data, bytes) else data or ""
+    proc = run(argv, env, cwd=cwd, timeout=CODEX_TIMEOUT)
+    out, err = _tail(proc.stdout), _tail(proc.stderr)
+    return proc.returncode, f"codex exit {proc.returncode}\n-- stdout:\n{out}\n-- stderr:\n{err}"
 
 
 def _tail(text: str, lines: int = 25) -> str:
     return "\n".join(text.strip().splitlines()[-lines:])
 
 
-def run_status(env: dict[str, str], run_id: str) -> dict[str, Any] | None:
-    """The run as `fleetbus call runner.status` reports it (None if the call fails)."""
-    proc = subprocess.run(
-        cli_command("call", "runner.status", json.dumps({"run_id": run_id})),
-        env=env,
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=RUN_TIMEOUT,
-    )
-    if proc.returncode != 0:
-        return None
-    runs: list[dict[str, Any]] = json.loads(proc.stdout)["runs"]
-    return runs[0] if runs else None
-
-
 @pytest.mark.slow
 def test_codex_exec_dispatches_a_run(home: Path, env: dict[str, str], tmp_path: Path) -> None:
-    codex = codex_bin()
+    codex = npm_bin("codex", REPO)
     user_home, project = tmp_path / "user-home", tmp_path / "project"
     (user_home / ".codex").mkdir(parents=True)
     project.mkdir()

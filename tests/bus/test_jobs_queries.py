@@ -1,4 +1,4 @@
-"""Background jobs (perform_async) and typed queries."""
+"""Background jobs (`Bus.start_job`) and typed queries."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ class Done(BaseModel):
     steps: int
 
 
-async def test_perform_async_returns_at_once_and_reports_progress_then_completion() -> None:
+async def test_start_job_returns_at_once_and_reports_progress_then_completion() -> None:
     async with Bus() as bus:
         gate = anyio.Event()
 
@@ -33,7 +33,7 @@ async def test_perform_async_returns_at_once_and_reports_progress_then_completio
             return Done(steps=req.steps)
 
         sub = bus.open_subscription(["bus.job_*"])
-        job_id = bus.perform_async("work.run", {"steps": 2})
+        job_id = bus.start_job("work.run", {"steps": 2})
         job = bus.job(job_id)
         assert job is not None and job.status == "running"
         gate.set()
@@ -61,7 +61,7 @@ async def test_bad_input_is_refused_before_a_job_exists() -> None:
 
         sub = bus.open_subscription(None)
         with pytest.raises(InvalidInput, match="steps"):
-            bus.perform_async("work.run", {})
+            bus.start_job("work.run", {})
         bus.publish(ChannelPush(channel="test", content="marker"))
         with anyio.fail_after(5):
             first = await sub.receive()
@@ -76,7 +76,7 @@ async def test_a_failing_job_completes_with_its_error() -> None:
             raise OSError("disk on fire")
 
         sub = bus.open_subscription(["bus.job_completed"])
-        job_id = bus.perform_async("work.fail", {"steps": 1})
+        job_id = bus.start_job("work.fail", {"steps": 1})
         with anyio.fail_after(5):
             env = await sub.receive()
         job = bus.job(job_id)

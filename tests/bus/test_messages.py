@@ -187,3 +187,22 @@ async def test_history_keeps_recent_messages_by_sequence() -> None:
 def test_buffers_must_be_bounded() -> None:
     with pytest.raises(ValueError, match="finite"):
         Subscription("x", None, buffer=0)
+
+
+async def test_a_sync_handler_runs_in_a_worker_thread() -> None:
+    import threading
+
+    loop_thread = threading.get_ident()
+    seen: list[int] = []
+    done = anyio.Event()
+    async with Bus() as bus:
+
+        def handler(message: Tick) -> None:
+            seen.append(threading.get_ident())
+            anyio.from_thread.run_sync(done.set)
+
+        bus.subscribe(handler, ["test.tick"])
+        bus.publish(Tick(n=1))
+        with anyio.fail_after(5):
+            await done.wait()
+    assert seen and seen[0] != loop_thread

@@ -20,10 +20,7 @@ when Claude Code or tmux is missing, and fails under CI.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import socket
-import subprocess
 import sys
 import urllib.error
 import urllib.request
@@ -33,6 +30,7 @@ from typing import Any
 
 import pytest
 
+from fleetbus.testing.clients import missing, npm_bin, run_status
 from fleetbus.testing.fake_anthropic import (
     FakeAnthropic,
     Repeatedly,
@@ -46,13 +44,10 @@ from fleetbus.testing.fake_anthropic import (
     tool_use,
     when,
 )
-from fleetbus.testing.hub import cli_command
 from fleetbus.testing.processes import reap_runs, wait_for
-from fleetbus.testing.tmux import Tmux
+from fleetbus.testing.tmux import Tmux, tmux_binary
 
-REPO = Path(__file__).resolve().parents[1]
-CLAUDE = REPO / ".npm-tools" / "node_modules" / ".bin" / "claude"
-INSTALL = "npm install --prefix .npm-tools @anthropic-ai/claude-code@2.1.328"
+REPO = Path(__file__).resolve().parents[2]
 
 API_KEY = "sk-ant-api03-fleetbus-test-" + "0" * 60 + "-fakeAA"
 PROMPT = "Run the fake agent in workspace t/cc with fleetbus."
@@ -67,15 +62,6 @@ STARTUP_TIMEOUT = 30  # Claude Code up and showing the channels warning
 DISPATCH_TIMEOUT = 30  # the tool call made and its result sent back to the model
 RUN_TIMEOUT = 15  # the fake agent's run completed, as the hub sees it
 EVENT_TIMEOUT = 15  # the completion's channel event in a request to the model
-
-
-def required(path: Path | None, what: str) -> Path:
-    if path is None or not path.exists():
-        message = f"{what} is missing"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    return path
 
 
 def claude_env(env: dict[str, str], user_home: Path, api: FakeAnthropic) -> dict[str, str]:
@@ -176,23 +162,6 @@ def completed_event(run_id: str) -> Callable[[Request], bool]:
     return found
 
 
-def run_status(env: dict[str, str], run_id: str) -> dict[str, Any] | None:
-    """The run as the hub sees it (`fleetbus call runner.status`)."""
-    proc = subprocess.run(
-        cli_command("call", "runner.status", json.dumps({"run_id": run_id})),
-        env=env,
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-    try:
-        runs = json.loads(proc.stdout).get("runs") or [] if proc.returncode == 0 else []
-    except ValueError:
-        return None
-    return next((r for r in runs if r.get("run_id") == run_id), None)
-
-
 def mcp_log(debug_log: Path, limit: int = 40) -> str:
     """What Claude Code's debug log says about its MCP servers and channels."""
     try:
@@ -211,9 +180,8 @@ def mcp_log(debug_log: Path, limit: int = 40) -> str:
 def test_claude_code_gets_the_channel_event_of_its_run(
     home: Path, env: dict[str, str], tmp_path: Path
 ) -> None:
-    claude = required(CLAUDE, f"{CLAUDE}: run `{INSTALL}` in {REPO}")
-    found = shutil.which("tmux")
-    tmux_bin = required(Path(found) if found else None, "tmux (apt-get install tmux)")
+    claude = npm_bin("claude", REPO)
+    tmux_bin = tmux_binary() or missing("tmux", "apt-get install tmux")
     user_home = tmp_path / "user-home"
     project = (tmp_path / "project").resolve()
     user_home.mkdir()
@@ -241,7 +209,7 @@ def test_claude_code_gets_the_channel_event_of_its_run(
     with FakeAnthropic(script) as api:
         cenv = claude_env(env, user_home, api)
         write_claude_config(user_home, project, cenv)
-        with Tmux(tmux_socket, env=cenv, binary=str(tmux_bin)) as tmux:
+        with Tmux(tmux_socket, env=cenv, binary=tmux_bin) as tmux:
 
             def report(what: str) -> str:
                 shown = "\n".join(line for line in tmux.screen().splitlines() if line.strip())

@@ -15,12 +15,21 @@ from typing import Any
 import anyio
 import pytest
 from sqlite_utils import Database
-from test_runner import WAIT, Clock, Watch, dispatch, fake_agent, run_info, runner_hub, status
 
 from fleetbus.bus.hub import Hub
 from fleetbus.plugins.runner import followup, questions
 from fleetbus.plugins.runner.schema import migrations as runner_migrations
-from fleetbus.plugins.runner.service import STATUS_QUESTION_BYTES
+from fleetbus.plugins.runner.status import STATUS_QUESTION_BYTES
+from fleetbus.testing.runner import (
+    WAIT,
+    Clock,
+    Watch,
+    dispatch,
+    fake_agent,
+    run_info,
+    runner_hub,
+    status,
+)
 
 pytestmark = pytest.mark.anyio
 

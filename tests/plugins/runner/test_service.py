@@ -11,173 +11,32 @@ import os
 import re
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
-import yaml
 
-from fleetbus.bus import Context, InvalidInput, Refused, Subscription
+from fleetbus.bus import InvalidInput, Refused
 from fleetbus.bus.hub import Hub
 from fleetbus.plugins.runner import WorkspaceQuery
-from fleetbus.testing.hub import embedded_hub, isolated_env
+from fleetbus.testing.processes import group_members
+from fleetbus.testing.runner import (
+    NOON,
+    ORIGIN,
+    STUBBORN,
+    Clock,
+    Watch,
+    dispatch,
+    fake_agent,
+    on,
+    run_info,
+    runner_hub,
+    status,
+)
 
 pytestmark = pytest.mark.anyio
-
-ORIGIN = {"session": "s1"}
-WAIT = 15  # seconds any single expected event may take on a slow machine
-# 2026-01-01 12:00:00 UTC: far from the 06:00 daily reset unless a test moves it
-NOON = 1767268800.0
-FAKE = ["{python}", "-m", "fleetbus.testing.fake_agent", "{prompt}"]
-# ignores SIGTERM: only SIGKILL ends it
-STUBBORN = ["sh", "-c", "trap '' TERM; sleep 30", "{prompt}"]
-
-
-class Clock:
-    """An injected wall clock (epoch seconds) that moves only when a test says so."""
-
-    def __init__(self, start: float = NOON) -> None:
-        self.t = start
-
-    def __call__(self) -> float:
-        return self.t
-
-    def advance(self, seconds: float) -> None:
-        self.t += seconds
-
-
-def fake_agent(**extra: Any) -> dict[str, Any]:
-    """A manifest entry for the fake agent under another name."""
-    return {
-        "command": FAKE,
-        "prompt": "arg",
-        "concurrency": 4,
-        "usage": {
-            "input_tokens": r"fleetbus-usage: .*\binput_tokens=(\d+)",
-            "output_tokens": r"fleetbus-usage: .*\boutput_tokens=(\d+)",
-            "cost_usd": r"fleetbus-usage: .*\bcost_usd=([0-9.]+)",
-        },
-        "usage_limit_pattern": "FAKE USAGE LIMIT",
-        **extra,
-    }
-
-
-@asynccontextmanager
-async def runner_hub(
-    home: Path,
-    *,
-    agents: dict[str, Any] | None = None,
-    dispatch: dict[str, Any] | None = None,
-    session: dict[str, Any] | None = None,
-    clock: Callable[[], float] | None = None,
-    env: dict[str, str] | None = None,
-) -> AsyncIterator[Hub]:
-    """An embedded hub with the built-in agents plus `agents`, and `dispatch` settings.
-
-    Defaults that keep tests quick: kill_grace 2 s and no debounce (a test that wants
-    them says so). On exit every run is killed and its process group checked gone.
-    """
-    home.parent.mkdir(parents=True, exist_ok=True)
-    config = home.parent / "fleetbus.yaml"
-    spec: dict[str, Any] = {"kill_grace": 2, **(dispatch or {})}
-    spec["session"] = {"debounce_ms": 0, **(session or {})}
-    config.write_text(yaml.safe_dump({"agents": agents or {}, "dispatch": spec}))
-    hub_env = {**isolated_env(home, config=config), **(env or {})}
-    kwargs: dict[str, Any] = {"wall_clock": clock} if clock is not None else {}
-    async with embedded_hub(home, env=hub_env, serve_socket=False, **kwargs) as hub:
-        try:
-            yield hub
-        finally:
-            with anyio.fail_after(60, shield=True):
-                await hub.bus.perform("runner.kill", {})
-                result = await status(hub, limit=1000)
-                for run in result.runs:
-                    if run.pid:
-                        assert not group_alive(run.pid), f"run {run.run_id} left processes"
-
-
-async def dispatch(hub: Hub, prompt: str, workspace: str = "a/b/c", **kw: Any) -> Any:
-    payload = {"agent": "fake", "prompt": prompt, "workspace": workspace, **kw}
-    return await hub.bus.perform(
-        "runner.dispatch", payload, context=Context(caller="test", origin=ORIGIN)
-    )
-
-
-async def status(hub: Hub, **kw: Any) -> Any:
-    return await hub.bus.perform("runner.status", kw)
-
-
-async def run_info(hub: Hub, run_id: str) -> Any:
-    for run in (await status(hub, limit=1000)).runs:
-        if run.run_id == run_id:
-            return run
-    raise AssertionError(f"no run {run_id} in runner.status")
-
-
-class Watch:
-    """Every message of some topics since it was opened; wait for one that matches."""
-
-    def __init__(self, hub: Hub, topics: list[str] | None = None) -> None:
-        self.sub: Subscription = hub.bus.open_subscription(topics or ["runner.*", "channel"])
-        self.seen: list[Any] = []  # envelopes; Any: their messages are of many types
-
-    async def wait(self, predicate: Callable[[Any], bool], timeout: float = WAIT) -> Any:
-        """The first envelope (already seen or still to come) that satisfies `predicate`."""
-        for envelope in self.seen:
-            if predicate(envelope):
-                return envelope
-        with anyio.fail_after(timeout):
-            while True:
-                envelope = await self.sub.receive()
-                self.seen.append(envelope)
-                if predicate(envelope):
-                    return envelope
-
-    async def completed(self, run_id: str, timeout: float = WAIT) -> Any:
-        """The `runner.run_completed` message of `run_id`."""
-        return (await self.wait(on("runner.run_completed", run_id), timeout)).message
-
-    async def started(self, run_id: str, timeout: float = WAIT) -> Any:
-        return (await self.wait(on("runner.run_started", run_id), timeout)).message
-
-    def drain(self) -> list[Any]:
-        """Every envelope so far, including any still buffered."""
-        while True:
-            try:
-                self.seen.append(self.sub._receive.receive_nowait())
-            except anyio.WouldBlock:
-                return self.seen
-
-    def index(self, topic: str, run_id: str) -> int:
-        """Where the `topic` message of `run_id` is among those seen."""
-        return next(n for n, e in enumerate(self.drain()) if on(topic, run_id)(e))
-
-    def messages(self, topic: str) -> list[Any]:
-        return [e.message for e in self.drain() if e.topic == topic]
-
-
-def on(topic: str, run_id: str | None = None) -> Callable[[Any], bool]:
-    def match(e: Any) -> bool:
-        return e.topic == topic and (run_id is None or getattr(e.message, "run_id", None) == run_id)
-
-    return match
-
-
-def group_alive(pgid: int) -> bool:
-    """True while a live process (zombies aside: an orphan waits for init to reap it)
-    is in group `pgid`."""
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            return True
-    return False
 
 
 def tree(root: Path) -> set[str]:
@@ -470,7 +329,7 @@ async def test_kill_everything_cancels_the_queue_and_freezes(home: Path) -> None
         for r in (a, b, waiting):
             assert (await watch.completed(r.run_id)).status == "cancelled"
         for pid in pids:
-            assert not group_alive(pid)
+            assert not group_members(pid)
         after = await status(hub)
         assert (after.running, after.queued, after.cancelled, after.frozen) == (0, 0, 3, True)
         late = await dispatch(hub, "exit 0", "k/w/c")
@@ -510,7 +369,7 @@ async def test_a_run_past_its_timeout_is_ended(home: Path) -> None:
         done = await watch.completed(run.run_id)
         assert done.status == "timeout"
         assert done.reason.startswith("timed out after")
-        assert not group_alive(pid)
+        assert not group_members(pid)
         assert (await status(hub)).timeout == 1
 
 
@@ -526,7 +385,7 @@ async def test_a_run_that_ignores_sigterm_is_killed_after_the_grace_period(home:
         assert done.status == "timeout"
         assert done.exit_code == 128 + 9  # SIGKILL: SIGTERM was ignored
         assert elapsed >= 0.6 + 0.5
-        assert not group_alive(pid)
+        assert not group_members(pid)
 
 
 # --- backoff: the circuit breaker and usage limits -----------------------------------------
@@ -739,7 +598,7 @@ async def test_interrupt_mode_cancels_the_active_run_and_starts_the_new_one(home
         cancelled = await watch.completed(waiting.run_id)
         assert cancelled.status == "cancelled"
         assert (await watch.completed(second.run_id)).status == "completed"
-        assert not group_alive(pid)
+        assert not group_members(pid)
 
 
 async def test_a_full_session_queue_drops_the_oldest_waiting_prompt(home: Path) -> None:
