@@ -78,6 +78,33 @@ class ActiveRun(RunRef):
     done: anyio.Event = field(default_factory=anyio.Event)  # its end is recorded
     exit_code: int | None = None
 
+    @classmethod
+    def from_row(
+        cls,
+        row: dict[str, Any],
+        *,
+        pid: int,
+        started_at: float,
+        run_dir: Path,
+        spawned_here: bool,
+        proc_start: float | None = None,
+    ) -> ActiveRun:
+        """The live run of a `runs` row whose process is `pid`."""
+        return cls(
+            run_id=row["id"],
+            workspace=row["workspace"],
+            agent=row["agent"],
+            model=row["model"],
+            origin=origin_of(row),
+            attempt=row["attempt"],
+            pid=pid,
+            started_at=started_at,
+            timeout_s=row["timeout_s"],
+            run_dir=run_dir,
+            spawned_here=spawned_here,
+            proc_start=proc_start,
+        )
+
     @property
     def deadline(self) -> float:
         return self.started_at + self.timeout_s

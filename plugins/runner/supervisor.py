@@ -41,7 +41,7 @@ from .config import AgentSpec
 from .launch import Launcher
 from .limits import Pool
 from .queue import RunQueue, record_backoff, record_end
-from .runs import ActiveRun, Ending, RunRef, duration_text, origin_of, outcome
+from .runs import ActiveRun, Ending, RunRef, duration_text, outcome
 from .state import RunnerState
 
 log = logging.getLogger("fleetbus.runner")
@@ -119,18 +119,8 @@ class Supervisor:
             settled = Settled(RunRef.of(row), row["attempt"], row["started_at"], end)
             await self.queue.store.write(settled.record)
             return
-        run = ActiveRun(
-            run_id=row["id"],
-            workspace=row["workspace"],
-            agent=row["agent"],
-            model=row["model"],
-            origin=origin_of(row),
-            attempt=row["attempt"],
-            pid=pid,
-            started_at=now,
-            timeout_s=row["timeout_s"],
-            run_dir=Path(row["run_dir"]),
-            spawned_here=True,
+        run = ActiveRun.from_row(
+            row, pid=pid, started_at=now, run_dir=Path(row["run_dir"]), spawned_here=True
         )
         self.state.track(run)
         self.state.pools[run.agent].started(now)
@@ -153,16 +143,10 @@ class Supervisor:
                 log.info("run %s never started before the hub stopped: queued again", row["id"])
             return
         if pid is not None and proc_start is not None and processes.same_process(pid, proc_start):
-            run = ActiveRun(
-                run_id=row["id"],
-                workspace=row["workspace"],
-                agent=row["agent"],
-                model=row["model"],
-                origin=origin_of(row),
-                attempt=row["attempt"],
+            run = ActiveRun.from_row(
+                row,
                 pid=pid,
                 started_at=row["started_at"] or self.clock.now(),
-                timeout_s=row["timeout_s"],
                 run_dir=run_dir,
                 spawned_here=False,
                 proc_start=proc_start,
