@@ -27,7 +27,7 @@ from .context import Context
 from .core import dump_result
 from .errors import BusError, ConnectionFailed, InvalidInput, error_from_dict, unwrap_group
 from .hubstart import START_TIMEOUT, can_connect, check_socket_owner, ensure_hub_blocking
-from .ipc import BUS_ERROR, CALLER_ERRORS, MAX_LINE, encode
+from .ipc import BUS_ERROR, CALLER_ERRORS, MAX_LINE, TOO_LARGE, encode, guess_id, receive_line
 from .paths import Home
 
 
@@ -53,6 +53,9 @@ class Client(Protocol):
     def subscribe(
         self, topics: list[str] | None = None, *, since: int | None = None, buffer: int = 1024
     ) -> contextlib.AbstractAsyncContextManager[AsyncIterator[dict[str, Any]]]: ...
+
+
+UNDO_TIMEOUT = 10.0  # how long a cancelled subscribe/unsubscribe still waits for the hub
 
 
 class _Reply:
@@ -83,6 +86,7 @@ class HubClient:
         self._pending: dict[int, _Reply] = {}
         self._subs: dict[str, MemoryObjectSendStream[dict[str, Any]]] = {}
         self._early: dict[str, list[dict[str, Any]]] = {}
+        self._subscribing = 0  # subscribe calls awaiting their answer
         self._send_lock = anyio.Lock(fast_acquire=True)
         self._closed = False
         self.disconnected = anyio.Event()  # set when the hub closes the connection
@@ -109,7 +113,14 @@ class HubClient:
     async def _read_loop(self) -> None:
         try:
             while True:
-                line = await self._reader.receive_until(b"\n", MAX_LINE)
+                line, too_large = await receive_line(self._reader)
+                if too_large:  # a reply too large: fail its caller only
+                    waiter = self._pending.pop(guess_id(line), None)
+                    if waiter is not None:
+                        waiter.set(
+                            {"error": {"code": -32603, "message": f"the reply was a {TOO_LARGE}"}}
+                        )
+                    continue
                 msg = json.loads(line)
                 if "id" in msg and msg["id"] is not None and ("result" in msg or "error" in msg):
                     waiter = self._pending.pop(msg["id"], None)
@@ -122,7 +133,7 @@ class HubClient:
                     if target is not None:
                         with contextlib.suppress(anyio.WouldBlock, anyio.BrokenResourceError):
                             target.send_nowait(params)
-                    else:  # arrived before subscribe() returned
+                    elif self._subscribing:  # may have arrived before subscribe() returned
                         self._early.setdefault(sid, []).append(params)
         except (
             anyio.EndOfStream,
@@ -156,11 +167,17 @@ class HubClient:
         if self._closed:
             raise ConnectionFailed("the connection to the hub is closed")
         req_id = next(self._ids)
-        waiter = self._pending[req_id] = _Reply()
         req = {"jsonrpc": "2.0", "id": req_id, "method": method, "params": dict(params or {})}
+        data = encode(req)
+        if len(data) > MAX_LINE:  # the hub would refuse it: say so without sending it
+            what = (params or {}).get("action") if method == "perform" else None
+            raise InvalidInput(
+                f"{what or method}: {TOO_LARGE}", [{"field": "(input)", "message": TOO_LARGE}]
+            )
+        waiter = self._pending[req_id] = _Reply()
         try:
             async with self._send_lock:
-                await self._stream.send(encode(req))
+                await self._stream.send(data)
             reply = await waiter.wait()
         except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as e:
             raise ConnectionFailed(f"lost the connection to the hub: {e}") from e
@@ -226,19 +243,37 @@ class HubClient:
         params: dict[str, Any] = {"topics": topics, "buffer": buffer}
         if since is not None:
             params["since"] = since
-        result = await self.call("subscribe", params)
+        # The subscription lives exactly as long as this block: once asked, the hub
+        # subscribes, so the answer is awaited even by a cancelled caller, to undo it.
+        result: Any = None
+        self._subscribing += 1
+        try:
+            with anyio.CancelScope(shield=True), anyio.move_on_after(UNDO_TIMEOUT):
+                result = await self.call("subscribe", params)
+        finally:
+            self._subscribing -= 1
+            early_ones = self._early.pop(str((result or {}).get("subscription")), [])
+            if not self._subscribing:
+                self._early.clear()  # late messages of ended subscriptions: never read
+        if result is None:
+            raise ConnectionFailed(f"the hub did not answer subscribe within {UNDO_TIMEOUT:g}s")
         sid = str(result["subscription"])
         self._subs[sid] = send
-        for early in self._early.pop(sid, []):
+        for early in early_ones[:buffer]:
             send.send_nowait(early)
         try:
             async with receive:
                 yield receive
         finally:
             self._subs.pop(sid, None)
+            self._early.pop(sid, None)
             send.close()
-            if not self._closed:
-                with contextlib.suppress(BusError):
+            if not self._closed:  # also when the caller was cancelled
+                with (
+                    anyio.CancelScope(shield=True),
+                    anyio.move_on_after(UNDO_TIMEOUT),
+                    contextlib.suppress(BusError),
+                ):
                     await self.call("unsubscribe", {"subscription": sid})
 
 

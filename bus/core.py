@@ -243,7 +243,11 @@ class Bus:
         spec = self._actions.get(name)
         if spec is None:
             raise ActionNotFound(name, self._actions)
-        data = self.validate(spec, payload)
+        try:
+            data = self.validate(spec, payload)
+        except InvalidInput as e:
+            e.data.setdefault("action", spec.name)
+            raise
         return await self._invoke(spec, data, context, timeout)
 
     async def _invoke(
@@ -266,6 +270,8 @@ class Bus:
                     raise ActionTimeout(
                         f"{spec.name} did not finish within {limit:g}s", data={"action": spec.name}
                     ) from None
+        except InvalidInput as e:
+            raise _named(spec.name, e) from e.__cause__
         except BusError:
             raise
         except Exception as e:
@@ -499,3 +505,14 @@ class Bus:
 
     def subscriber_stats(self) -> list[dict[str, Any]]:
         return [s.stats() for s in self._subs]
+
+
+def _named(action: str, e: InvalidInput) -> InvalidInput:
+    """The caller's error named after the action the caller called. A handler may raise it
+    from a helper shared by several actions that cannot know which one it serves; one from
+    a nested `perform` already names its own action (`data["action"]`) and is kept."""
+    if "action" in e.data:
+        return e
+    named = InvalidInput.from_errors(action, e.errors) if e.errors else e
+    named.data["action"] = action
+    return named

@@ -3,16 +3,39 @@
 `BusError` is the base. `InvalidInput` means the caller sent bad data; `ActionFailed`
 means the handler broke (chained to its cause). Every error has a stable `code` and a
 `to_dict()` form so it crosses the IPC socket and the MCP boundary unchanged.
+
+Messages quote what the caller sent (a workspace name, an action name), and a caller can
+send a megabyte: every message is cut where it is made (`cut_echo`), so no word of it is
+longer than `ECHO_LIMIT` characters and the whole no longer than `MESSAGE_LIMIT`, each cut
+marked with "…".
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # pydantic stays out of the import of light clients (the stdio relay)
     from pydantic import ValidationError
+
+ECHO_LIMIT = 200  # characters of one echoed value (one word of a message)
+MESSAGE_LIMIT = 2000  # characters of one whole message
+_LONG_WORD = re.compile(rf"\S{{{ECHO_LIMIT + 1},}}")
+
+
+def cut(value: str, limit: int = ECHO_LIMIT) -> str:
+    """`value` within `limit` characters, ending in "…" when it was cut."""
+    return value if len(value) <= limit else value[: limit - 1] + "…"
+
+
+def cut_echo(message: str) -> str:
+    """`message` with every word over `ECHO_LIMIT` characters cut, and within
+    `MESSAGE_LIMIT` characters: what a caller sent is quoted, never echoed whole."""
+    if len(message) > ECHO_LIMIT:
+        message = _LONG_WORD.sub(lambda m: cut(m.group(0)), message)
+    return cut(message, MESSAGE_LIMIT)
 
 
 class BusError(Exception):
@@ -21,6 +44,7 @@ class BusError(Exception):
     code = "bus_error"
 
     def __init__(self, message: str, *, data: Mapping[str, Any] | None = None) -> None:
+        message = cut_echo(message)
         super().__init__(message)
         self.message = message
         self.data: dict[str, Any] = dict(data or {})
@@ -45,7 +69,7 @@ class ActionNotFound(BusError):
     def __init__(self, name: str, known: Iterable[str] = ()) -> None:
         known = sorted(known)
         hint = "run `fleetbus actions` to list them" if known else "no actions are registered"
-        super().__init__(f"unknown action {name!r}: {hint}", data={"action": name})
+        super().__init__(f"unknown action {name!r}: {hint}", data={"action": cut(name)})
         self.name = name
 
 
@@ -61,7 +85,9 @@ class InvalidInput(BusError):
     code = "invalid_input"
 
     def __init__(self, message: str, errors: Sequence[Mapping[str, Any]] = ()) -> None:
-        self.errors = [dict(e) for e in errors]
+        self.errors = [
+            {k: cut_echo(v) if isinstance(v, str) else v for k, v in e.items()} for e in errors
+        ]
         super().__init__(message, data={"errors": self.errors})
 
     @classmethod

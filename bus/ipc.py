@@ -5,28 +5,36 @@ Methods: `hello`, `actions`, `plugins`, `status`, `perform`, `job`, `query`, `su
 registered (`mcp.open`: an MCP session) is handed to that plugin. A subscription streams `message` notifications. Requests on
 one connection run concurrently; replies carry the request's id. Peers of another uid
 are refused.
+
+The boundary: each method's params are a pydantic model (`PARAMS`): strict, no unknown
+keys, answered -32602 naming the field; strings with lone surrogates, NaN and nesting past
+MAX_DEPTH never get past it. A request line over MAX_LINE is answered and skipped: one bad
+request never costs the connection. A subscription belongs to its connection from the
+moment it exists.
 """
 
 from __future__ import annotations
 
 import contextlib
-import inspect
 import json
 import logging
 import os
+import re
 import socket
 import struct
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import anyio
 import anyio.abc
 from anyio.streams.buffered import BufferedByteReceiveStream
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .context import Context
 from .core import dump_result
 from .errors import BusError, InvalidInput
+from .jsoncheck import MAX_DEPTH, Rejected, check_json, has_surrogate
 from .messages import Subscription
 
 if TYPE_CHECKING:
@@ -35,7 +43,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("fleetbus.ipc")
 
 PROTOCOL = 1
-MAX_LINE = 16 * 1024 * 1024
+MAX_LINE = 16 * 1024 * 1024  # the largest request (one line), either way on the socket
+TOO_LARGE = f"request larger than {MAX_LINE // (1024 * 1024)} MiB (the limit of one request)"
 PARSE_ERROR, INVALID_REQUEST, METHOD_NOT_FOUND, INVALID_PARAMS = -32700, -32600, -32601, -32602
 INTERNAL_ERROR = -32603  # the hub's own fault (logged with its traceback)
 BUS_ERROR = -32000  # a BusError: `data` carries its type, code and message
@@ -56,6 +65,87 @@ def peer_uid(stream: anyio.abc.SocketStream) -> int | None:
 
 def encode(obj: Any) -> bytes:
     return json.dumps(obj, separators=(",", ":"), default=str).encode() + b"\n"
+
+
+# -- the parameters of each method, checked at the boundary --------------------------------
+class Params(BaseModel):
+    """A method's params: no unknown keys, no coercion (`"1"` is not a number)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+
+
+Seconds = Annotated[float, Field(ge=0, le=86400 * 365)]
+
+
+class NoParams(Params):
+    pass
+
+
+class ActionsParams(Params):
+    exposed_only: bool = False
+
+
+class PerformParams(Params):
+    action: Annotated[str, Field(min_length=1, max_length=200)]
+    input: Any = None
+    context: dict[str, Any] | None = None
+    timeout: Annotated[float, Field(gt=0, le=86400 * 365)] | None = None
+    background: bool = False
+
+
+class JobParams(Params):
+    job_id: Annotated[str, Field(min_length=1, max_length=200)]
+    wait: Seconds | None = None
+
+
+class QueryParams(Params):
+    type: Annotated[str, Field(min_length=1, max_length=200)]
+    data: dict[str, Any] | None = None
+    all: bool = False
+
+
+class SubscribeParams(Params):
+    topics: list[Annotated[str, Field(min_length=1, max_length=200)]] | None = None
+    since: Annotated[int, Field(ge=0)] | None = None
+    buffer: Annotated[int, Field(ge=1)] = 1024  # capped at 65,536
+
+
+class UnsubscribeParams(Params):
+    subscription: Annotated[str, Field(max_length=200)]
+
+
+PARAMS: dict[str, type[Params]] = {
+    "hello": NoParams,
+    "actions": ActionsParams,
+    "plugins": NoParams,
+    "status": NoParams,
+    "perform": PerformParams,
+    "job": JobParams,
+    "query": QueryParams,
+    "subscribe": SubscribeParams,
+    "unsubscribe": UnsubscribeParams,
+    "shutdown": NoParams,
+}
+
+
+_ID = re.compile(
+    rb'^\s*\{\s*(?:"jsonrpc"\s*:\s*"2\.0"\s*,\s*)?"id"\s*:\s*(-?\d{1,18}|"[^"\\]{0,200}")'
+)
+
+
+def guess_id(head: bytes) -> Any:
+    """The id of a request too large to read, when it leads the object (as clients write it)."""
+    m = _ID.match(head)
+    return json.loads(m.group(1)) if m else None
+
+
+def _params_error(method: str, e: ValidationError) -> RpcError:
+    errors = []
+    for err in e.errors(include_url=False, include_context=False, include_input=False):
+        field = ".".join(str(p) for p in err["loc"]) or "(params)"
+        errors.append({"field": field, "message": err["msg"]})
+    detail = "; ".join(f"{x['field']}: {x['message']}" for x in errors)
+    return RpcError(INVALID_PARAMS, f"bad params for {method}: {detail}", {"errors": errors})
 
 
 class RpcError(Exception):
@@ -133,7 +223,7 @@ class Connection:
                 self.tg = tg
                 while True:
                     try:
-                        line = await self.reader.receive_until(b"\n", MAX_LINE)
+                        line, too_large = await receive_line(self.reader)
                     except (
                         anyio.EndOfStream,
                         anyio.IncompleteRead,
@@ -141,11 +231,13 @@ class Connection:
                         OSError,
                     ):
                         break
-                    except anyio.DelimiterNotFound:
-                        await self.send(
-                            _error(None, PARSE_ERROR, f"request line longer than {MAX_LINE} bytes")
-                        )
-                        break
+                    if too_large:  # answer it and read on: the connection is not at fault
+                        first = False
+                        with contextlib.suppress(
+                            anyio.BrokenResourceError, anyio.ClosedResourceError, OSError
+                        ):
+                            await self.send(_error(guess_id(line), INVALID_REQUEST, TOO_LARGE))
+                        continue
                     if not line.strip():
                         continue
                     if first:
@@ -158,8 +250,10 @@ class Connection:
                     tg.start_soon(self.handle, line)
                 tg.cancel_scope.cancel()
         finally:
-            for sub in self.subs.values():
+            self.tg = None
+            for sub in list(self.subs.values()):
                 self.hub.bus.close_subscription(sub)
+            self.subs.clear()
             self.hub.clients -= 1
             with contextlib.suppress(Exception):
                 await self.stream.aclose()
@@ -167,11 +261,11 @@ class Connection:
     def upgrade(self, line: bytes) -> Awaitable[None] | None:
         """When a connection's first request names one of the hub's upgrades (`mcp.open`),
         the connection is handed to that upgrade's handler for good."""
-        if not self.hub.upgrades or not line.lstrip().startswith(b"{"):
-            return None
+        if not any(name.encode() in line for name in self.hub.upgrades):
+            return None  # the common case, without parsing the line twice
         try:
             req = json.loads(line)
-        except ValueError:
+        except (ValueError, RecursionError):  # answered as any bad request is
             return None
         if not isinstance(req, dict):
             return None
@@ -199,21 +293,37 @@ class Connection:
                 req = json.loads(line)
             except ValueError as e:
                 raise RpcError(PARSE_ERROR, f"not JSON: {e}") from None
+            except RecursionError:
+                raise RpcError(
+                    INVALID_REQUEST, f"request nested too deeply (the limit is {MAX_DEPTH} levels)"
+                ) from None
             if not isinstance(req, dict) or not isinstance(req.get("method"), str):
                 raise RpcError(INVALID_REQUEST, "a request is an object with a string 'method'")
             req_id = req.get("id")
+            if not (req_id is None or isinstance(req_id, int | str)) or isinstance(req_id, bool):
+                req_id = None
+                raise RpcError(INVALID_REQUEST, "id must be a string, a number or null")
+            if isinstance(req_id, str) and has_surrogate(req_id):
+                req_id = None
+                raise RpcError(INVALID_REQUEST, "id contains a lone surrogate")
             notification = "id" not in req
+            name = req["method"]
             params = req.get("params") or {}
             if not isinstance(params, dict):
                 raise RpcError(INVALID_PARAMS, "params must be an object")
-            method = getattr(self, f"rpc_{req['method']}", None)
-            if method is None:
-                raise RpcError(METHOD_NOT_FOUND, f"unknown method {req['method']!r}")
+            model = PARAMS.get(name)
+            if model is None:
+                raise RpcError(METHOD_NOT_FOUND, f"unknown method {name[:100]!r}")
+            try:
+                check_json(params)
+            except Rejected as e:
+                raise RpcError(INVALID_PARAMS, str(e)) from None
             try:  # the caller's fault, checked before the call: a TypeError later is ours
-                inspect.signature(method).bind(**params)
-            except TypeError as e:
-                raise RpcError(INVALID_PARAMS, f"bad params for {req['method']}: {e}") from None
-            result = await method(**params)
+                checked = model.model_validate(params)
+            except ValidationError as e:
+                raise _params_error(name, e) from None
+            method = getattr(self, f"rpc_{name}")
+            result = await method(**{k: getattr(checked, k) for k in type(checked).model_fields})
             reply: dict[str, Any] = {"jsonrpc": "2.0", "id": req_id, "result": result}
         except RpcError as e:
             reply = _error(req_id, e.code, e.message, e.data)
@@ -299,16 +409,24 @@ class Connection:
     async def rpc_subscribe(
         self, topics: list[str] | None = None, since: int | None = None, buffer: int = 1024
     ) -> dict[str, Any]:
+        if self.tg is None:  # the connection is ending
+            raise RpcError(INVALID_REQUEST, "the connection is closing")
         self._next_sub += 1
         sid = str(self._next_sub)
         bus = self.hub.bus
-        sub = bus.open_subscription(topics, name=f"ipc:{sid}", buffer=max(1, min(buffer, 65536)))
-        backlog = (
-            [e for e in bus.history(since) if sub.matches(e.topic)] if since is not None else []
+        # owned by the connection from the moment it exists: closed with it, whatever fails
+        sub = self.subs[sid] = bus.open_subscription(
+            topics, name=f"ipc:{sid}", buffer=min(buffer, 65536)
         )
-        self.subs[sid] = sub
-        assert self.tg is not None
-        self.tg.start_soon(self._pump, sid, sub, backlog)  # ends with the connection
+        try:
+            backlog = (
+                [e for e in bus.history(since) if sub.matches(e.topic)] if since is not None else []
+            )
+            self.tg.start_soon(self._pump, sid, sub, backlog)  # ends with the connection
+        except BaseException:
+            self.subs.pop(sid, None)
+            bus.close_subscription(sub)
+            raise
         return {"subscription": sid, "seq": bus.seq}
 
     async def _pump(self, sid: str, sub: Subscription, backlog: list[Any]) -> None:
@@ -323,6 +441,7 @@ class Connection:
         except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
             pass
         finally:
+            self.subs.pop(sid, None)
             self.hub.bus.close_subscription(sub)
 
     async def rpc_unsubscribe(self, subscription: str) -> dict[str, Any]:
@@ -359,3 +478,29 @@ def _note(sid: str, envelope: dict[str, Any], dropped: int) -> dict[str, Any]:
     if dropped:
         params["dropped"] = dropped
     return {"jsonrpc": "2.0", "method": "message", "params": params}
+
+
+async def receive_line(reader: BufferedByteReceiveStream) -> tuple[bytes, bool]:
+    """The next line and False, or, for a line over MAX_LINE, its first bytes and True
+    (the rest skipped: the next line can still be read)."""
+    try:
+        line = await reader.receive_until(b"\n", MAX_LINE)
+    except anyio.DelimiterNotFound:
+        return await skip_line(reader), True
+    if len(line) > MAX_LINE:  # its newline came in the chunk that crossed the limit
+        return line[:4096], True
+    return line, False
+
+
+async def skip_line(reader: BufferedByteReceiveStream) -> bytes:
+    """Drop the rest of an over-long line, up to and including its newline; returns its
+    first bytes (where the request's id usually is). Bytes after the newline stay buffered."""
+    head = bytearray()
+    while True:
+        chunk = await reader.receive(1 << 16)
+        if len(head) < 4096:
+            head += chunk[: 4096 - len(head)]
+        end = chunk.find(b"\n")
+        if end >= 0:
+            reader.feed_data(chunk[end + 1 :])
+            return bytes(head)

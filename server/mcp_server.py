@@ -11,16 +11,19 @@ run time, from the hub.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import json
 import logging
 import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 import anyio
 import anyio.abc
+import anyio.to_thread
 import mcp.types as types
 from anyio.streams.buffered import BufferedByteReceiveStream
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
@@ -34,7 +37,9 @@ from pydantic import BaseModel, ValidationError
 from fleetbus.bus.client import Client
 from fleetbus.bus.context import Context
 from fleetbus.bus.errors import BusError, ConnectionFailed, InvalidInput
+from fleetbus.bus.ipc import TOO_LARGE, guess_id, receive_line
 from fleetbus.bus.version import version
+from fleetbus.plugins.runner.processes import tail
 
 from .channels import COALESCE_WINDOW, SESSION_KEY, ChannelEvent, Coalescer, event_from_envelope
 from .handshake import instructions
@@ -48,7 +53,6 @@ RUN_LOG = UriTemplate.parse("fleetbus://runs/{run_id}/log")
 LOG_TAIL_BYTES = 64 * 1024
 ENDED = {"completed", "failed", "blocked", "cancelled", "timeout"}
 CHANNEL_BUFFER = 16384  # channel messages waiting for this server: a burst of 500 runs fits
-MAX_LINE = 16 * 1024 * 1024
 CONNECTION: contextvars.ContextVar[str] = contextvars.ContextVar(
     "fleetbus_mcp_connection", default="stdio"
 )
@@ -249,11 +253,17 @@ class FleetMCP:
                     )
                 while True:
                     try:
-                        line = await reader.receive_until(b"\n", MAX_LINE)
-                    except (anyio.EndOfStream, anyio.IncompleteRead, anyio.DelimiterNotFound):
+                        line, over = await receive_line(reader)
+                    except (anyio.EndOfStream, anyio.IncompleteRead):
                         return
                     except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
                         return
+                    if over:  # refuse it and read on: the session is not at fault
+                        with contextlib.suppress(
+                            anyio.BrokenResourceError, anyio.ClosedResourceError
+                        ):
+                            await write_send.send(SessionMessage(too_large(guess_id(line))))
+                        continue
                     if not line.strip():
                         continue
                     try:
@@ -271,7 +281,9 @@ class FleetMCP:
                         continue
                     data = message.model_dump_json(by_alias=True, exclude_unset=True)
                     try:
-                        await stream.send(data.encode() + b"\n")
+                        await stream.send(
+                            data.encode(errors="replace") + b"\n"
+                        )  # never a lone surrogate
                     except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
                         return
 
@@ -500,7 +512,7 @@ class FleetMCP:
                 status = await client.perform("runner.status", {"run_id": run_id, "limit": 1})
                 if not status["runs"]:
                     raise MCPError(code=types.INVALID_PARAMS, message=f"no run {run_id!r}")
-                text = tail_text(status["runs"][0].get("log"))
+                text = await tail_text(status["runs"][0].get("log"))
                 return types.ReadResourceResult(
                     contents=[
                         types.TextResourceContents(uri=uri, mime_type="text/plain", text=text)
@@ -513,15 +525,23 @@ class FleetMCP:
         )
 
 
-def tail_text(path: str | None) -> str:
+async def tail_text(path: str | None) -> str:
+    """The end of a run's log, read in a worker thread, regular files only (an agent can
+    replace its log with a FIFO: it must not hang the session)."""
     if not path:
         return "(this run has no log yet)"
-    try:
-        with open(path, "rb") as f:
-            f.seek(0, 2)
-            size = f.tell()
-            f.seek(max(0, size - LOG_TAIL_BYTES))
-            data = f.read().decode(errors="replace")
-    except FileNotFoundError:
+    log_path = Path(path)
+    exists = await anyio.to_thread.run_sync(log_path.exists)
+    if not exists:
         return "(this run has no log yet)"
-    return data if size <= LOG_TAIL_BYTES else "…" + data
+    data = await anyio.to_thread.run_sync(tail, log_path, LOG_TAIL_BYTES + 1)
+    return data if len(data) <= LOG_TAIL_BYTES else "…" + data[-LOG_TAIL_BYTES:]
+
+
+def too_large(req_id: Any) -> types.JSONRPCError:
+    """The answer to a message over MAX_LINE (its id when it leads the message, else null)."""
+    return types.JSONRPCError(
+        jsonrpc="2.0",
+        id=req_id,
+        error=types.ErrorData(code=types.INVALID_REQUEST, message=TOO_LARGE),
+    )

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import selectors
 import socket
 import sys
@@ -31,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from fleetbus.bus.hubstart import ensure_hub_blocking
+from fleetbus.bus.jsoncheck import Rejected, check_json
 from fleetbus.bus.paths import Home
 
 from . import handshake as hs
@@ -41,6 +43,12 @@ DEFAULT_TOOLS = Path(__file__).resolve().with_name("default-tools.json")
 OPEN_METHOD = "mcp.open"
 OWN = "fleetbus-relay:"  # ids of the relay's own requests to the hub
 MAX_LINE = 16 * 1024 * 1024
+TOO_LARGE = (
+    f"request larger than {MAX_LINE // (1024 * 1024)} MiB (the limit of one message): dropped"
+)
+_ID = re.compile(
+    rb'^\s*\{\s*(?:"jsonrpc"\s*:\s*"2\.0"\s*,\s*)?"id"\s*:\s*(-?\d{1,18}|"[^"\\]{0,200}")'
+)
 RETRY_S = 1.0
 INTERNAL_ERROR = -32603
 
@@ -78,25 +86,28 @@ def encode(obj: Any) -> bytes:
 
 
 class Lines:
-    """Splits a byte stream into lines; a line longer than MAX_LINE is skipped and counted."""
+    """Splits a byte stream into lines; a line longer than MAX_LINE is skipped, and its
+    first bytes (where the request's id usually is) kept in `too_long` to answer it."""
 
     def __init__(self) -> None:
         self.buf = bytearray()
         self.skipping = False
-        self.too_long = 0
+        self.too_long: list[bytes] = []
 
     def feed(self, data: bytes) -> list[bytes]:
         self.buf += data
         out: list[bytes] = []
         while True:
             end = self.buf.find(b"\n")
-            if end < 0:
-                if len(self.buf) > MAX_LINE:
-                    self.buf.clear()
-                    if not self.skipping:
-                        self.too_long += 1
-                    self.skipping = True
+            if end < 0 and len(self.buf) <= MAX_LINE:
                 return out
+            if end < 0 or end > MAX_LINE:
+                if not self.skipping:
+                    self.too_long.append(bytes(self.buf[:4096]))
+                    self.skipping = True
+                if end < 0:
+                    self.buf.clear()
+                    return out
             line = bytes(self.buf[:end])
             del self.buf[: end + 1]
             if self.skipping:
@@ -352,10 +363,8 @@ class Relay:
         for line in self.client_lines.feed(data):
             self.from_client(line)
         while self.client_lines.too_long:
-            self.client_lines.too_long -= 1
-            self.reply(
-                None, hs.INVALID_REQUEST, f"a message longer than {MAX_LINE} bytes was dropped"
-            )
+            head = self.client_lines.too_long.pop(0)
+            self.reply(guess_id(head), hs.INVALID_REQUEST, TOO_LARGE)
 
     def from_client(self, line: bytes) -> None:
         try:
@@ -367,6 +376,11 @@ class Relay:
             self.reply(
                 None, hs.INVALID_REQUEST, "a message is a JSON-RPC object (batches are not served)"
             )
+            return
+        try:
+            check_json(msg, "message")
+        except Rejected as e:
+            self.reply(msg.get("id") if "method" in msg else None, hs.INVALID_PARAMS, str(e))
             return
         method = msg.get("method")
         if method is None:  # the client's answer to a request of the server's
@@ -406,6 +420,9 @@ class Relay:
             return
         if method == "notifications/initialized":
             self.initialized = True
+        elif method == "notifications/cancelled" and isinstance(msg.get("params"), dict):
+            # a cancelled request is never answered: nothing is owed for it any more
+            self.owed.discard(_key(msg["params"].get("requestId")))
         elif method == "tools/list" and self.state != "open" and self.answer_tools(req_id):
             return
         self.forward(line, req_id if is_request else None, method)
@@ -463,6 +480,12 @@ class Relay:
         while view:
             n = os.write(self.stdout, view)
             view = view[n:]
+
+
+def guess_id(head: bytes) -> Any:
+    """The id of a request too large to read, when it leads the object (as clients write it)."""
+    m = _ID.match(head)
+    return json.loads(m.group(1)) if m else None
 
 
 def _key(req_id: Any) -> Any:

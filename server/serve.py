@@ -15,6 +15,7 @@ import os
 import secrets
 import signal
 import socket
+import stat
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -135,20 +136,60 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+TOKEN_FILE_LIMIT = 4096  # bytes read of a token file
+
+
 def load_token(home: Home, env: Mapping[str, str]) -> str:
-    """`FLEETBUS_TOKEN`, else the home's token file (created with mode 0600 on first use)."""
+    """`FLEETBUS_TOKEN`, else the home's token file (created with mode 0600 on first use).
+
+    A token file others may read (group or world bits set) is made 0600 before it is used,
+    with a warning; one that is not a regular file, or is empty, is refused."""
     if env.get("FLEETBUS_TOKEN"):
         return env["FLEETBUS_TOKEN"]
     home.ensure()
     path = home.root / "token"
-    try:
-        return path.read_text().strip()
-    except FileNotFoundError:
-        pass
+    token = _read_token_file(path)
+    if token is not None:
+        return token
     token = secrets.token_urlsafe(32)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as f:
         f.write(token + "\n")
+    return token
+
+
+def _read_token_file(path: Path) -> str | None:
+    """The token in `path`, None when there is no such file; its mode made 0600 first."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        raise StartupError(
+            f"cannot read the token file {path}: {e.strerror or e}; remove it (a new one is "
+            "made) or set FLEETBUS_TOKEN"
+        ) from e
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise StartupError(
+                f"the token file {path} is not a regular file; remove it (a new one is made) "
+                "or set FLEETBUS_TOKEN"
+            )
+        if st.st_mode & 0o077:
+            os.fchmod(fd, 0o600)
+            log.warning(
+                "the token file %s had mode %04o (others could read it): made it 0600",
+                path,
+                stat.S_IMODE(st.st_mode),
+            )
+        token = os.read(fd, TOKEN_FILE_LIMIT).decode(errors="replace").strip()
+    finally:
+        os.close(fd)
+    if not token:
+        raise StartupError(
+            f"the token file {path} is empty; remove it (a new one is made) or set FLEETBUS_TOKEN"
+        )
     return token
 
 

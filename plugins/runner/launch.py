@@ -59,7 +59,8 @@ class Launcher:
         run_id = row["id"]
         spec = self.agents[row["agent"]]
         run_dir = Path(row["run_dir"])
-        run_dir.mkdir(parents=True, exist_ok=True)
+        run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        run_dir.chmod(0o700)  # private like the home, whatever made it before
         workspace = self.root / row["workspace"]
         env = self.environment(spec, run_id, workspace)
         previous = row.get("previous_run")
@@ -111,7 +112,9 @@ class Launcher:
             status=row["status"],
             exit_code=row["exit_code"],
             question=row["question"] if row["status"] == "blocked" else None,
-            output_tail=processes.tail(Path(row["run_dir"]) / "output.log", followup.TAIL_BYTES)
+            output_tail=await anyio.to_thread.run_sync(
+                processes.tail, Path(row["run_dir"]) / "output.log", followup.TAIL_BYTES
+            )
             if row["run_dir"]
             else "",
         )

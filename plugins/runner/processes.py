@@ -22,14 +22,17 @@ SHELL = "/bin/sh"
 # $1 run dir, $2 working directory, then the agent's argv. The pid file holds the
 # wrapper's pid and its /proc stat line (whose start time guards against pid reuse). A TERM/INT trap (not an
 # ignore, which the agent would inherit) lets the wrapper outlive the signal that ends
-# the agent, so it can still write the exit code.
+# the agent, so it can still write the exit code. The exit file is opened read-write
+# (`1<>`), which never blocks, after removing whatever is there: an agent that made it a
+# FIFO must not hang its wrapper (and so its run) until the timeout.
 WRAPPER = r"""d=$1; s=; read -r s < /proc/$$/stat 2>/dev/null; echo "$$ $s" > "$d/pid"
 cd -- "$2" || { echo "fleetbus: cannot enter workspace $2" >&2; echo 126 > "$d/exit"; exit 126; }
 shift 2
 trap ': ' TERM INT HUP
 "$@"
 c=$?
-echo $c > "$d/exit"
+rm -f -- "$d/exit"
+echo $c 1<>"$d/exit"
 exit $c
 """
 
@@ -118,14 +121,14 @@ def signal_group(pgid: int, sig: signal.Signals) -> bool:
 
 def read_pid_file(path: Path) -> tuple[int | None, float | None]:
     """(pid, start time in clock ticks or None) from a run's pid file."""
+    text = read_small(path).strip()
+    pid_text, _, line = text.partition(" ")
     try:
-        text = path.read_text().strip()
-        pid_text, _, stat = text.partition(" ")
         pid = int(pid_text)
-    except (OSError, ValueError):
+    except ValueError:
         return None, None
     try:
-        fields = stat.rsplit(")", 1)[1].split()
+        fields = line.rsplit(")", 1)[1].split()
         return pid, float(fields[19])
     except (IndexError, ValueError):
         return pid, None
@@ -133,9 +136,27 @@ def read_pid_file(path: Path) -> tuple[int | None, float | None]:
 
 def read_int(path: Path) -> int | None:
     try:
-        return int(path.read_text().strip())
-    except (OSError, ValueError):
+        return int(read_small(path).strip())
+    except ValueError:
         return None
+
+
+def read_small(path: Path, size: int = 4096) -> str:
+    """At most `size` bytes of a small file the wrapper wrote (`pid`, `exit`), decoded
+    leniently; "" unless it is a regular file. An agent can reach its run directory:
+    what it put there must neither hang nor flood the hub."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return ""
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return ""
+        return os.read(fd, size).decode(errors="replace")
+    except OSError:
+        return ""
+    finally:
+        os.close(fd)
 
 
 def tail(path: Path, size: int = 65536) -> str:

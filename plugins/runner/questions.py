@@ -92,9 +92,13 @@ def snippet(question: str, size: int = SNIPPET) -> str:
     return line if len(line) <= size else line[: size - 1].rstrip() + "…"
 
 
-def first_line(question: str) -> str:
+def first_line(question: str, size: int = SNIPPET) -> str:
+    """The question's first line, cut at `size` characters (for a run's reason)."""
     lines = question.strip().splitlines()
-    return lines[0].strip() if lines else "(empty)"
+    if not lines:
+        return "(empty)"
+    line = lines[0].strip()
+    return line if len(line) <= size else line[: size - 1].rstrip() + "…"
 
 
 # -- inside ----------------------------------------------------------------------------------

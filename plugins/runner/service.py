@@ -107,7 +107,8 @@ class Runner:
 
     # -- startup: hydrate from the store -----------------------------------------------------
     async def startup(self) -> None:
-        self.runs_dir.mkdir(parents=True, exist_ok=True)
+        self.runs_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.runs_dir.chmod(0o700)  # private like the home (older versions made it 0755)
         self.root.mkdir(parents=True, exist_ok=True)
         now = self.clock.now()
         snapshot = await self.queue.snapshot()

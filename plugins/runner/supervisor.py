@@ -50,6 +50,16 @@ Publish = Callable[[Message, Context], Any]
 
 
 @dataclass(frozen=True)
+class LeftBehind:
+    """What an ended run left in its workspace and its log, read in a worker thread
+    (everything there is the agent's, so it is read bounded and never on the event loop)."""
+
+    taken: questions.Taken
+    usage: dict[str, Any] | None
+    usage_limit: bool  # the output matches the agent's usage_limit_pattern
+
+
+@dataclass(frozen=True)
 class Settled:
     """A run's end, ready to record: which attempt, and the pool it tripped, if any."""
 
@@ -160,13 +170,12 @@ class Supervisor:
             return
         code = processes.read_int(run_dir / "exit")
         ended = (run_dir / "exit").stat().st_mtime if code is not None else self.clock.now()
-        taken = await anyio.to_thread.run_sync(
-            questions.take, self.root, row["workspace"], row["id"], run_dir / "question.md"
+        left = await anyio.to_thread.run_sync(
+            self._left_behind, row["agent"], row["workspace"], row["id"], run_dir
         )
         died = ("failed", "process died while the hub was down") if code is None else None
-        status, reason = outcome(code, taken, died)
-        usage = self._usage(row["agent"], run_dir)
-        end = Ending(status, reason, code, ended, usage, taken.text)
+        status, reason = outcome(code, left.taken, died)
+        end = Ending(status, reason, code, ended, left.usage, left.taken.text)
         await self.queue.store.write(
             Settled(RunRef.of(row), row["attempt"], row["started_at"], end).record
         )
@@ -221,9 +230,9 @@ class Supervisor:
             self._ended_event = anyio.Event()
             batch, self._ended = self._ended, []
             # before the lock: each workspace stays held by its run until it is released
-            taken = await anyio.to_thread.run_sync(self._take_questions, batch)
+            left = await anyio.to_thread.run_sync(self._all_left_behind, batch)
             async with self.state.lock:
-                settled = [self._conclude(run, q) for run, q in zip(batch, taken, strict=True)]
+                settled = [self._conclude(run, one) for run, one in zip(batch, left, strict=True)]
 
                 def record(tx: Tx, settled: list[Settled] = settled) -> None:
                     for one in settled:
@@ -234,33 +243,43 @@ class Supervisor:
             for run in batch:
                 run.done.set()
 
-    def _take_questions(self, batch: list[ActiveRun]) -> list[questions.Taken]:
-        """The questions the runs of `batch` left (in a worker thread)."""
-        return [
-            questions.take(self.root, r.workspace, r.run_id, r.run_dir / "question.md")
-            for r in batch
-        ]
+    def _all_left_behind(self, batch: list[ActiveRun]) -> list[LeftBehind]:
+        """What the runs of `batch` left behind (in a worker thread)."""
+        return [self._left_behind(r.agent, r.workspace, r.run_id, r.run_dir) for r in batch]
 
-    def _conclude(self, run: ActiveRun, taken: questions.Taken) -> Settled:
+    def _left_behind(self, agent: str, workspace: str, run_id: str, run_dir: Path) -> LeftBehind:
+        """The question run `run_id` left (taken out of its workspace) and what its
+        output's tail says. Blocking, bounded reads: call it in a worker thread."""
+        taken = questions.take(self.root, workspace, run_id, run_dir / "question.md")
+        spec = self.agents.get(agent)
+        if spec is None or (spec.usage is None and not spec.usage_limit_pattern):
+            return LeftBehind(taken, None, False)
+        output = processes.tail(run_dir / "output.log")
+        usage = None
+        if spec.usage is not None:
+            reading = spec.usage.extract(output)
+            usage = {k: v for k, v in reading.model_dump().items() if v is not None} or None
+        limit = bool(spec.usage_limit_pattern and re.search(spec.usage_limit_pattern, output))
+        return LeftBehind(taken, usage, limit)
+
+    def _conclude(self, run: ActiveRun, left: LeftBehind) -> Settled:
         """Decide how `run` ended, tell its pool, and free its slot."""
         now = self.clock.now()
         stopped = (run.stop_status, run.stop_reason) if run.stop_status is not None else None
-        status, reason = outcome(run.exit_code, taken, stopped)
-        end = Ending(
-            status, reason, run.exit_code, now, self._usage(run.agent, run.run_dir), taken.text
-        )
-        tripped = self._judge_pool(run, status, now)
+        status, reason = outcome(run.exit_code, left.taken, stopped)
+        end = Ending(status, reason, run.exit_code, now, left.usage, left.taken.text)
+        tripped = self._judge_pool(run, status, left.usage_limit, now)
         self.state.release(run)  # held until the process is gone
         return Settled(run, run.attempt, run.started_at, end, tripped)
 
-    def _judge_pool(self, run: ActiveRun, status: str, now: float) -> Pool | None:
+    def _judge_pool(
+        self, run: ActiveRun, status: str, usage_limit: bool, now: float
+    ) -> Pool | None:
         """Tell the run's pool how it went; the pool when this backs it off."""
         pool = self.state.pools.get(run.agent)
         if pool is None:
             return None
-        spec = self.agents[run.agent]
-        output = processes.tail(run.run_dir / "output.log") if spec.usage_limit_pattern else ""
-        if spec.usage_limit_pattern and re.search(spec.usage_limit_pattern, output):
+        if usage_limit:
             pool.back_off(pool.next_reset(now), "the agent reported a usage limit")
             return pool
         if status == "failed":
@@ -268,11 +287,3 @@ class Supervisor:
         if status in ("completed", "blocked"):
             pool.record_success()
         return None
-
-    def _usage(self, agent: str, run_dir: Path) -> dict[str, Any] | None:
-        spec = self.agents.get(agent)
-        if spec is None or spec.usage is None:
-            return None
-        reading = spec.usage.extract(processes.tail(run_dir / "output.log"))
-        data = {k: v for k, v in reading.model_dump().items() if v is not None}
-        return data or None

@@ -257,11 +257,14 @@ async def stdio_session(
 
 
 def serve_processes() -> list[psutil.Process]:
-    return [
-        p
-        for p in psutil.Process().children()
-        if "fleetbus.server" in p.cmdline() and "serve" in p.cmdline()
-    ]
+    found = []
+    for p in psutil.Process().children():
+        try:  # a child that just ended (a zombie, or gone) is not a server
+            if "fleetbus.server" in p.cmdline() and "serve" in p.cmdline():
+                found.append(p)
+        except psutil.Error:
+            continue
+    return found
 
 
 # -- the acceptance, over stdio -------------------------------------------------------

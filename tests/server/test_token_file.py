@@ -1,0 +1,160 @@
+"""The HTTP token file `$FLEETBUS_HOME/token`: made 0600, kept 0600, never read unbounded.
+
+A token file that others may read is made 0600 before it is used, with a warning (the
+first test runs `fleetbus serve --http` as a real process and uses the token); one that is
+not a regular file or is empty is refused with a clear message. Real files, no mocks.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import re
+import signal
+import socket
+import stat
+import subprocess
+import threading
+from pathlib import Path
+
+import httpx2
+import pytest
+
+from fleetbus.bus.errors import StartupError
+from fleetbus.bus.paths import Home
+from fleetbus.server.serve import load_token
+from fleetbus.testing.hub import cli_command
+
+TOKEN = "a-token-the-user-wrote-by-hand-0123456789"
+INITIALIZE = {
+    "jsonrpc": "2.0",
+    "id": 1,
+    "method": "initialize",
+    "params": {
+        "protocolVersion": "2025-11-25",
+        "capabilities": {},
+        "clientInfo": {"name": "token-test", "version": "0"},
+    },
+}
+HEADERS = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
+
+
+def token_file(home: Path, text: str, mode: int) -> Path:
+    Home(home).ensure()
+    path = home / "token"
+    path.write_text(text)
+    path.chmod(mode)
+    return path
+
+
+def mode_of(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def test_a_world_readable_token_file_is_made_private_and_used(
+    home: Path, env: dict[str, str]
+) -> None:
+    path = token_file(home, TOKEN + "\n", 0o644)
+    port = free_port()
+    proc = subprocess.Popen(
+        cli_command("serve", "--http", "--port", str(port)),
+        env={**env, "FLEETBUS_LOG_LEVEL": "INFO"},
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    lines: queue.Queue[str | None] = queue.Queue()
+    seen: list[str] = []
+
+    def pump() -> None:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            lines.put(line)
+        lines.put(None)
+
+    reader = threading.Thread(target=pump, daemon=True)
+    reader.start()
+    try:
+        ready = re.compile(rf"serving MCP on http://127\.0\.0\.1:{port}/mcp")
+        while not (seen and ready.search(seen[-1])):
+            line = lines.get(timeout=30)
+            assert line is not None, f"serve exited {proc.wait()}:\n{''.join(seen)}"
+            seen.append(line)
+        log = "".join(seen)
+        assert f"the token file {path} had mode 0644" in log, log
+        assert "made it 0600" in log
+        assert mode_of(path) == 0o600
+        assert path.read_text() == TOKEN + "\n"  # the user's token, kept
+        url = f"http://127.0.0.1:{port}/mcp"
+        with httpx2.Client(timeout=20) as http:
+            denied = http.post(url, json=INITIALIZE, headers=HEADERS)
+            assert denied.status_code == 401
+            allowed = http.post(
+                url, json=INITIALIZE, headers={**HEADERS, "Authorization": f"Bearer {TOKEN}"}
+            )
+            assert allowed.status_code == 200, allowed.text
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
+        reader.join(10)
+        if proc.stderr is not None:
+            proc.stderr.close()
+
+
+def test_load_token_fixes_group_bits_and_logs_it(
+    home: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = token_file(home, f"  {TOKEN}  \n", 0o640)
+    with caplog.at_level(logging.WARNING, logger="fleetbus.serve"):
+        assert load_token(Home(home), {}) == TOKEN
+    assert mode_of(path) == 0o600
+    assert "had mode 0640" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="fleetbus.serve"):
+        assert load_token(Home(home), {}) == TOKEN  # already private: nothing to say
+    assert caplog.text == ""
+
+
+def test_a_new_token_file_is_private(home: Path) -> None:
+    token = load_token(Home(home), {})
+    assert len(token) >= 20
+    assert mode_of(home / "token") == 0o600
+    assert load_token(Home(home), {}) == token
+
+
+def test_a_fifo_or_empty_token_file_is_refused_clearly(home: Path) -> None:
+    Home(home).ensure()
+    path = home / "token"
+    os.mkfifo(path, 0o600)
+    with pytest.raises(StartupError, match="is not a regular file; remove it"):
+        load_token(Home(home), {})  # returns at once: a FIFO is never opened for reading
+    path.unlink()
+    token_file(home, "\n", 0o600)
+    with pytest.raises(StartupError, match="is empty; remove it"):
+        load_token(Home(home), {})
+
+
+def test_a_huge_token_file_is_read_bounded(home: Path) -> None:
+    token_file(home, "t" * (5 * 1024 * 1024), 0o600)
+    assert len(load_token(Home(home), {})) <= 4096
+
+
+def test_fleetbus_token_wins_over_the_file(home: Path) -> None:
+    path = token_file(home, TOKEN, 0o644)
+    assert load_token(Home(home), {"FLEETBUS_TOKEN": "from-env"}) == "from-env"
+    assert mode_of(path) == 0o644  # not touched when not used
