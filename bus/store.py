@@ -7,6 +7,7 @@ transaction with `tx.publish(...)` are published after its COMMIT, never for a r
 
 from __future__ import annotations
 
+import errno
 import logging
 import sqlite3
 from collections.abc import Callable, Iterator
@@ -21,7 +22,7 @@ import sqlite_utils
 from sqlite_utils import Migrations
 
 from .context import Context
-from .errors import StartupError
+from .errors import Refused, StartupError
 from .messages import Message
 from .registrar import Registrar
 
@@ -75,6 +76,12 @@ def connect(path: Path) -> sqlite3.Connection:
     conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
     conn.execute("PRAGMA foreign_keys = ON")
     return conn
+
+
+def _disk_full(e: BaseException) -> bool:
+    if isinstance(e, OSError) and not isinstance(e, sqlite3.Error):
+        return e.errno == errno.ENOSPC
+    return "disk is full" in str(e) or getattr(e, "sqlite_errorname", "") == "SQLITE_FULL"
 
 
 class Store:
@@ -143,11 +150,11 @@ class Store:
         tx = Tx(self.db)
         try:
             yield tx
+            conn.execute("COMMIT")
         except BaseException:
-            if conn.in_transaction:
+            if conn.in_transaction:  # also when the COMMIT itself failed (a full disk)
                 conn.execute("ROLLBACK")
             raise
-        conn.execute("COMMIT")
         if publish:
             self._publish_all(tx)
 
@@ -168,7 +175,15 @@ class Store:
                 return fn(tx), tx
 
         with anyio.CancelScope(shield=True):
-            result, tx = await anyio.to_thread.run_sync(run, limiter=self._limiter)
+            try:
+                result, tx = await anyio.to_thread.run_sync(run, limiter=self._limiter)
+            except (sqlite3.OperationalError, OSError) as e:
+                if not _disk_full(e):
+                    raise
+                raise Refused(
+                    f"the disk holding {self.path.parent} is full: nothing was written; "
+                    "free some space and try again"
+                ) from e
         self._publish_all(tx)
         return result
 

@@ -18,12 +18,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fleetbus.bus.paths import Home
 from fleetbus.testing.hub import hub_process
 from fleetbus.testing.mcp_wire import WireClient
+
+pytestmark = pytest.mark.fuzz
 
 EXAMPLES = int(os.environ.get("FLEETBUS_FUZZ_EXAMPLES", "200"))
 FUZZ = settings(
