@@ -92,6 +92,10 @@ class Store:
         self._publish = publish
         self._db: sqlite_utils.Database | None = None
         self._limiter = anyio.CapacityLimiter(1)
+        # reads use a connection and a thread of their own (WAL readers never wait for the
+        # writer's fsync): a status read under load is not queued behind commits
+        self._reader: sqlite_utils.Database | None = None
+        self._read_limiter = anyio.CapacityLimiter(1)
 
     def open(self) -> sqlite_utils.Database:
         try:
@@ -117,9 +121,19 @@ class Store:
         return self._db
 
     def close(self) -> None:
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
         if self._db is not None:
             self._db.close()
             self._db = None
+
+    def _read_db(self) -> sqlite_utils.Database:
+        if self._reader is None:
+            conn = connect(self.path)
+            conn.execute("PRAGMA query_only = ON")
+            self._reader = sqlite_utils.Database(conn)
+        return self._reader
 
     def migrate(self, sets: list[tuple[str, Migrations]]) -> list[str]:
         """Apply every pending migration, set by set, each set in one transaction."""
@@ -188,5 +202,11 @@ class Store:
         return result
 
     async def read(self, fn: Callable[[sqlite_utils.Database], T]) -> T:
-        """Run `fn(db)` on the store's thread."""
-        return await anyio.to_thread.run_sync(fn, self.db, limiter=self._limiter)
+        """Run `fn(db)` on the store's read connection, in a thread of its own: it sees
+        every committed write and never waits for one in progress."""
+        self.db  # noqa: B018 - raises when the store is not open
+
+        def run() -> T:
+            return fn(self._read_db())
+
+        return await anyio.to_thread.run_sync(run, limiter=self._read_limiter)
