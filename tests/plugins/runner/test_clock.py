@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import anyio
+import anyio.to_thread
 import pytest
 
 from fleetbus.plugins.runner.clock import (
@@ -22,7 +23,7 @@ from fleetbus.plugins.runner.clock import (
     clock_for,
     wait_until,
 )
-from fleetbus.testing.processes import group_members
+from fleetbus.testing.processes import group_members, wait_for
 from fleetbus.testing.runner import NOON, WAIT, Watch, dispatch, fake_agent, run_info, runner_hub
 
 pytestmark = pytest.mark.anyio
@@ -32,10 +33,8 @@ STUBBORN = ["sh", "-c", "trap '' TERM; : > .trapped; sleep 30", "{prompt}"]
 
 
 async def until(predicate: Callable[[], bool]) -> None:
-    """Poll `predicate` every 10 ms for at most WAIT seconds: for a fact no event reports."""
-    with anyio.fail_after(WAIT):
-        while not predicate():
-            await anyio.sleep(0.01)
+    """Wait (at most WAIT seconds) for a fact no event reports."""
+    assert await anyio.to_thread.run_sync(wait_for, predicate, WAIT), "timed out"
 
 
 # --- the clocks -----------------------------------------------------------------------------

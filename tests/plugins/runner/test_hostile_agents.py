@@ -79,7 +79,7 @@ async def ended_while_serving(hub: Hub, watch: Watch, run_id: str) -> Any:
                 with anyio.fail_after(WAIT):
                     await status(hub)
                 asked += 1
-                await anyio.sleep(0.02)  # pacing of the poll, not a wait for anything
+                await anyio.sleep(0)  # let the run's end through between questions
 
         tg.start_soon(wait_end)
         tg.start_soon(keep_asking)
