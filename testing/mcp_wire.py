@@ -15,6 +15,7 @@ from __future__ import annotations
 import itertools
 import json
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -212,3 +213,12 @@ class WireClient:
         except AssertionError:
             if exc[0] is None:
                 raise
+
+
+SERVE = [sys.executable, "-m", "fleetbus.server", "serve"]
+
+
+def serve(env: Mapping[str, str], log_dir: Path, name: str = "serve") -> WireClient:
+    """`fleetbus serve` (stdio) with this interpreter, its stderr kept in `log_dir/NAME.stderr`."""
+    with open(log_dir / f"{name}.stderr", "ab") as errlog:
+        return WireClient(SERVE, env, stderr=errlog)

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import fcntl
 import json
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,34 +14,8 @@ import pytest
 
 from fleetbus.bus.client import HubClient
 from fleetbus.bus.paths import Home
-from fleetbus.testing.mcp_wire import WireClient
-from fleetbus.testing.processes import reap_runs, wait_for
-
-SERVE = [sys.executable, "-m", "fleetbus.server", "serve"]
-CONFIG = """\
-agents:
-  gated:
-    command: ["sh", "-c", "flock -s \\"$GATE\\" true; echo done", "{prompt}"]
-    prompt: arg
-    env: [GATE]
-"""
-
-
-@pytest.fixture
-def serve_env(home: Path, env: dict[str, str]) -> Iterator[dict[str, str]]:
-    config = home.parent / "fleetbus.yaml"
-    config.write_text(CONFIG)
-    env["FLEETBUS_CONFIG"] = str(config)
-    env["GATE"] = str(home.parent / "gate")
-    yield env
-    reap_runs(home)
-
-
-def serve(env: dict[str, str], home: Path) -> WireClient:
-    errlog = open(home.parent / "serve.stderr", "ab")  # noqa: SIM115 - closed with the process
-    client = WireClient(SERVE, env, stderr=errlog)
-    errlog.close()
-    return client
+from fleetbus.testing.mcp_wire import serve
+from fleetbus.testing.processes import wait_for
 
 
 def hub_subscribers(home: Path) -> list[dict[str, Any]]:
@@ -70,7 +42,7 @@ def test_a_cancelled_watch_leaves_no_subscription_in_the_hub(
     gate = open(serve_env["GATE"], "w")  # noqa: SIM115 - closed below
     fcntl.flock(gate, fcntl.LOCK_EX)  # the run waits on the gate: it stays running
     try:
-        with serve(serve_env, home) as client:
+        with serve(serve_env, home.parent) as client:
             client.open()
             reply = client.call_tool(
                 "runner_dispatch", {"agent": "gated", "prompt": "go", "workspace": "a/b/w"}
@@ -104,7 +76,7 @@ def test_a_cancelled_watch_leaves_no_subscription_in_the_hub(
 
 
 def test_an_error_names_the_action_that_was_called(home: Path, serve_env: dict[str, str]) -> None:
-    with serve(serve_env, home) as client:
+    with serve(serve_env, home.parent) as client:
         client.open()
         message = tool_error(client.call_tool("runner_kill", {"agent": "nope"}))
         assert message.startswith("runner.kill:"), message
@@ -115,7 +87,7 @@ def test_an_error_names_the_action_that_was_called(home: Path, serve_env: dict[s
 def test_an_oversized_argument_is_refused_and_the_session_goes_on(
     home: Path, serve_env: dict[str, str]
 ) -> None:
-    with serve(serve_env, home) as client:
+    with serve(serve_env, home.parent) as client:
         client.open()
         big = "x" * (17 * 1024 * 1024)
         reply = client.call_tool(

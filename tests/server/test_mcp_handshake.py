@@ -30,38 +30,8 @@ from fleetbus.server import handshake
 from fleetbus.server.mcp_server import FleetMCP, Session
 from fleetbus.server.relay import TOOLS_CACHE
 from fleetbus.testing.hub import stop_hub
-from fleetbus.testing.mcp_wire import CHANNEL_METHOD, HANDSHAKE, WireClient
-from fleetbus.testing.processes import reap_runs, wait_for
-
-SERVE = [sys.executable, "-m", "fleetbus.server", "serve"]
-CONFIG = """\
-agents:
-  quick:
-    command: ["sh", "-c", "echo hi", "{prompt}"]
-    prompt: arg
-    concurrency: 4
-  gated:
-    command: ["sh", "-c", "flock -s \\"$GATE\\" true; echo done", "{prompt}"]
-    prompt: arg
-    env: [GATE]
-"""
-
-
-@pytest.fixture
-def serve_env(home: Path, env: dict[str, str]) -> Iterator[dict[str, str]]:
-    config = home.parent / "fleetbus.yaml"
-    config.write_text(CONFIG)
-    env["FLEETBUS_CONFIG"] = str(config)
-    env["GATE"] = str(home.parent / "gate")
-    yield env
-    reap_runs(home)
-
-
-def serve(env: dict[str, str], home: Path, name: str = "serve") -> WireClient:
-    errlog = open(home.parent / f"{name}.stderr", "ab")  # noqa: SIM115 - closed with the process
-    client = WireClient(SERVE, env, stderr=errlog)
-    errlog.close()
-    return client
+from fleetbus.testing.mcp_wire import CHANNEL_METHOD, HANDSHAKE, WireClient, serve
+from fleetbus.testing.processes import wait_for
 
 
 def error_of(msg: dict[str, Any]) -> tuple[int, str]:
@@ -99,7 +69,7 @@ def dispatch(client: WireClient, agent: str, workspace: str) -> str:
 def test_claude_codes_opening_ends_on_the_handshake_with_channels(
     home: Path, serve_env: dict[str, str]
 ) -> None:
-    with serve(serve_env, home) as client:
+    with serve(serve_env, home.parent) as client:
         init = client.open_like_claude_code()
         probe = client.response("server-discover-probe-1")
         assert error_of(probe)[0] == -32601, probe
@@ -128,7 +98,7 @@ def test_a_blocked_agent_answered_with_a_followup_completes_having_seen_both(
 ) -> None:
     """The loop the instructions teach: blocked event quoting the question, a followup
     dispatch with the answer, the answer run completed with the question and answer."""
-    with serve(serve_env, home) as client:
+    with serve(serve_env, home.parent) as client:
         client.open_like_claude_code()
         ask = {"agent": "fake", "workspace": "acme/ask/db"}
         reply = client.call_tool(
@@ -159,7 +129,7 @@ def test_a_blocked_agent_answered_with_a_followup_completes_having_seen_both(
 
 
 def test_clients_without_channels_are_told_to_watch(home: Path, serve_env: dict[str, str]) -> None:
-    with serve(serve_env, home) as client:
+    with serve(serve_env, home.parent) as client:
         init = client.open("codex-mcp-client")
         text = init["result"]["instructions"]
         assert "fleetbus_watch" in text and "does not show" in text, text
@@ -170,7 +140,7 @@ def test_clients_without_channels_are_told_to_watch(home: Path, serve_env: dict[
 def test_bad_handshakes_get_clear_errors_and_harm_nothing(
     home: Path, serve_env: dict[str, str]
 ) -> None:
-    with serve(serve_env, home) as client:
+    with serve(serve_env, home.parent) as client:
         client.notify("notifications/initialized")
         early = client.wait_for(lambda m: m.get("id") is None and "error" in m)
         assert "before initialize" in error_of(early)[1]
@@ -226,7 +196,7 @@ def test_bad_handshakes_get_clear_errors_and_harm_nothing(
 
 
 def test_older_protocol_versions_are_echoed(home: Path, serve_env: dict[str, str]) -> None:
-    with serve(serve_env, home) as client:
+    with serve(serve_env, home.parent) as client:
         init = client.open(protocol="2025-03-26")
         assert init["result"]["protocolVersion"] == "2025-03-26"
         assert "result" in client.call("tools/list")
@@ -251,7 +221,7 @@ def test_the_relays_handshake_matches_the_sdk_server() -> None:
 def test_a_cold_start_answers_tools_from_the_published_list_then_corrects_it(
     home: Path, serve_env: dict[str, str]
 ) -> None:
-    with serve(serve_env, home) as first:
+    with serve(serve_env, home.parent) as first:
         first.open()
         assert first.call("tools/list")["result"]["tools"]
     cache = home / TOOLS_CACHE
@@ -262,7 +232,7 @@ def test_a_cold_start_answers_tools_from_the_published_list_then_corrects_it(
     published = json.loads(cache.read_text())
     published["tools"] = [t for t in published["tools"] if t["name"] != "runner_poke"]
     cache.write_text(json.dumps(published))
-    with serve(serve_env, home, "second") as second:
+    with serve(serve_env, home.parent, "second") as second:
         second.open()
         names = {t["name"] for t in second.call("tools/list")["result"]["tools"]}
         assert "runner_poke" not in names  # answered from the published list
@@ -272,7 +242,7 @@ def test_a_cold_start_answers_tools_from_the_published_list_then_corrects_it(
 
 
 def test_the_session_survives_a_hub_restart(home: Path, serve_env: dict[str, str]) -> None:
-    with serve(serve_env, home) as client:
+    with serve(serve_env, home.parent) as client:
         client.open_like_claude_code()
         before = dispatch(client, "quick", "acme/restart/a")
         pid = read_pid(Home(home).lock)
@@ -293,7 +263,7 @@ def test_a_hub_without_the_mcp_host_gives_a_clear_error(
     home: Path, serve_env: dict[str, str]
 ) -> None:
     serve_env["FLEETBUS_DISABLE_PLUGINS"] = "mcp_host"
-    with serve(serve_env, home) as client:
+    with serve(serve_env, home.parent) as client:
         client.open()
         reply = client.call("tools/call", {"name": "runner_status", "arguments": {}}, timeout=40)
         message = error_of(reply)[1]
@@ -302,7 +272,7 @@ def test_a_hub_without_the_mcp_host_gives_a_clear_error(
 
 def test_end_of_input_waits_for_the_answers_owed(home: Path, serve_env: dict[str, str]) -> None:
     """A scripted client that writes its requests and closes its input still gets answers."""
-    client = serve(serve_env, home)
+    client = serve(serve_env, home.parent)
     client.open()
     req = client.request("tools/call", {"name": "runner_status", "arguments": {"limit": 1}})
     assert client.close() == 0
@@ -311,7 +281,7 @@ def test_end_of_input_waits_for_the_answers_owed(home: Path, serve_env: dict[str
 
 def test_discover_can_be_answered_by_setting(home: Path, serve_env: dict[str, str]) -> None:
     serve_env[handshake.DISCOVER_SETTING] = "answer"
-    with serve(serve_env, home) as client:
+    with serve(serve_env, home.parent) as client:
         envelope = {
             "io.modelcontextprotocol/protocolVersion": "2026-07-28",
             "io.modelcontextprotocol/clientCapabilities": {},
@@ -350,10 +320,12 @@ def test_runs_ending_at_once_reach_the_client_with_every_status(
 ) -> None:
     config = Path(serve_env["FLEETBUS_CONFIG"])
     config.write_text(
-        CONFIG.replace("    env: [GATE]\n", f"    env: [GATE]\n    concurrency: {runs}\n")
+        config.read_text().replace(
+            "    env: [GATE]\n", f"    env: [GATE]\n    concurrency: {runs}\n"
+        )
         + f"dispatch:\n  total_concurrency: {runs}\n"
     )
-    with gate_closed(serve_env["GATE"]) as gate, serve(serve_env, home) as client:
+    with gate_closed(serve_env["GATE"]) as gate, serve(serve_env, home.parent) as client:
         client.open_like_claude_code()
         ids = [dispatch(client, "gated", f"acme/burst/t{n}") for n in range(runs)]
         client.wait_for(lambda _: all(run_status(client, r) == "running" for r in ids), 60)
@@ -388,7 +360,7 @@ async def test_a_stuck_session_never_holds_up_the_others() -> None:
 def test_a_session_killed_mid_burst_leaves_the_others_served(
     home: Path, serve_env: dict[str, str]
 ) -> None:
-    with serve(serve_env, home, "a") as a, serve(serve_env, home, "b") as b:
+    with serve(serve_env, home.parent, "a") as a, serve(serve_env, home.parent, "b") as b:
         a.open_like_claude_code()
         b.open_like_claude_code()
         for client in (a, b):  # both sessions served (a session opening races the CLI)
