@@ -11,7 +11,6 @@ run time, from the hub.
 
 from __future__ import annotations
 
-import contextlib
 import contextvars
 import json
 import logging
@@ -30,19 +29,18 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from mcp.server import NotificationOptions, Server, ServerRequestContext
 from mcp.server.models import InitializationOptions
 from mcp.shared.exceptions import MCPError
-from mcp.shared.message import SessionMessage
 from mcp.shared.uri_template import UriTemplate
 from pydantic import BaseModel, ValidationError
 
 from fleetbus.bus.client import Client
 from fleetbus.bus.context import Context
 from fleetbus.bus.errors import BusError, ConnectionFailed, InvalidInput
-from fleetbus.bus.ipc import TOO_LARGE, guess_id, receive_line
 from fleetbus.bus.version import version
 from fleetbus.plugins.runner.processes import tail
 
 from .channels import COALESCE_WINDOW, SESSION_KEY, ChannelEvent, Coalescer, event_from_envelope
 from .handshake import instructions
+from .line_transport import line_streams
 from .tools import WATCH_TOOL, WatchInput, tool_list, tool_name
 
 log = logging.getLogger("fleetbus.mcp")
@@ -242,62 +240,11 @@ class FleetMCP:
         """Serve one MCP session over a byte stream of JSON lines (a relayed stdio client),
         after feeding it `prime` (the client's initialize, whose answer `drop_id` is not
         sent back: the relay gave it already)."""
-        read_send, read_recv = anyio.create_memory_object_stream[SessionMessage | Exception](16)
-        write_send, write_recv = anyio.create_memory_object_stream[SessionMessage](16)
-
-        async def read_lines() -> None:
-            async with read_send:
-                for obj in prime:
-                    await read_send.send(
-                        SessionMessage(types.jsonrpc_message_adapter.validate_python(obj))
-                    )
-                while True:
-                    try:
-                        line, over = await receive_line(reader)
-                    except (anyio.EndOfStream, anyio.IncompleteRead):
-                        return
-                    except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
-                        return
-                    if over:  # refuse it and read on: the session is not at fault
-                        with contextlib.suppress(
-                            anyio.BrokenResourceError, anyio.ClosedResourceError
-                        ):
-                            await write_send.send(SessionMessage(too_large(guess_id(line))))
-                        continue
-                    if not line.strip():
-                        continue
-                    try:
-                        message = types.jsonrpc_message_adapter.validate_json(line, by_name=False)
-                    except Exception as e:
-                        await read_send.send(e)
-                        continue
-                    await read_send.send(SessionMessage(message))
-
-        async def write_lines() -> None:
-            async with write_recv:
-                async for item in write_recv:
-                    message = item.message
-                    if getattr(message, "id", None) == drop_id and not hasattr(message, "method"):
-                        continue
-                    data = message.model_dump_json(by_alias=True, exclude_unset=True)
-                    try:
-                        await stream.send(
-                            data.encode(errors="replace") + b"\n"
-                        )  # never a lone surrogate
-                    except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
-                        return
-
         token = CONNECTION.set(key)
         session = self.sessions[key] = Session.open(key)  # events wait for `initialized`
         try:
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(read_lines)
-                async with anyio.create_task_group() as serving:
-                    serving.start_soon(write_lines)  # ends when the server closes write_send
-                    await self.server.run(
-                        read_recv, write_send, self.server.create_initialization_options()
-                    )
-                tg.cancel_scope.cancel()
+            async with line_streams(reader, stream, prime=prime, drop_id=drop_id) as (read, write):
+                await self.server.run(read, write, self.server.create_initialization_options())
         finally:
             CONNECTION.reset(token)
             if self.sessions.get(key) is session:
@@ -536,12 +483,3 @@ async def tail_text(path: str | None) -> str:
         return "(this run has no log yet)"
     data = await anyio.to_thread.run_sync(tail, log_path, LOG_TAIL_BYTES + 1)
     return data if len(data) <= LOG_TAIL_BYTES else "…" + data[-LOG_TAIL_BYTES:]
-
-
-def too_large(req_id: Any) -> types.JSONRPCError:
-    """The answer to a message over MAX_LINE (its id when it leads the message, else null)."""
-    return types.JSONRPCError(
-        jsonrpc="2.0",
-        id=req_id,
-        error=types.ErrorData(code=types.INVALID_REQUEST, message=TOO_LARGE),
-    )
