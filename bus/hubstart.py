@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from .errors import ConnectionFailed
-from .lock import blocking_lock
+from .lock import blocking_lock, is_locked
 from .paths import Home
 
 START_TIMEOUT = 20.0
@@ -111,7 +111,9 @@ def ensure_hub_blocking(
         while time.monotonic() < deadline:
             if can_connect(path):
                 return path
-            if proc.poll() is not None:
+            # exited without the lock held by another hub (one started by a client that left
+            # before it listened, taking the spawn lock with it: then wait for that one)
+            if proc.poll() is not None and not is_locked(home.lock):
                 if can_connect(path):
                     return path
                 reason = log_tail(home, log_size) or f"exit status {proc.returncode}"

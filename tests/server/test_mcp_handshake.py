@@ -387,3 +387,18 @@ def test_the_packaged_tool_list_is_the_builtin_plugins_list() -> None:
     from fleetbus.server.tools import main as tools_main
 
     assert tools_main([]) == 0, "run python -m fleetbus.server.tools --write"
+
+
+def test_a_client_that_leaves_while_its_hub_starts_does_not_fail_the_next(
+    home: Path, serve_env: dict[str, str]
+) -> None:
+    """The first relay answers from the shipped tool list and exits while the hub it
+    spawned is still starting (its spawn lock goes with it); the next one waits for that
+    hub instead of failing on a second."""
+    with serve(serve_env, home.parent, "first") as first:
+        first.open()
+        assert first.call("tools/list")["result"]["tools"]
+    with serve(serve_env, home.parent, "second") as second:
+        second.open()
+        reply = second.call_tool("runner_status", {"limit": 0}, timeout=60)
+        assert "result" in reply, reply
