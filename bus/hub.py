@@ -9,6 +9,7 @@ hooks in reverse. Nothing half-configured: any fault before `task_status.started
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import logging
 import os
@@ -140,6 +141,7 @@ class Hub:
             "plugins": self.plugins.names,
             "actions": len(self.bus.actions),
             "subscribers": self.bus.subscriber_stats(),
+            "tasks": len(asyncio.all_tasks()),
             "idle_timeout_s": self.idle_timeout,
         }
 

@@ -35,6 +35,7 @@ class HubStatus(BaseModel):
     plugins: list[str]
     actions: int
     subscribers: list[dict[str, Any]]
+    tasks: int = Field(description="Tasks alive in the hub's event loop; idle, it stays flat.")
     idle_timeout_s: float
 
 

@@ -12,7 +12,7 @@ is frozen while the queue is filled over one session (pipelined `runner_dispatch
 unfrozen and, for the soak's length, one more run is dispatched for each that ends, while
 `runner_status` is timed under load. Reported: the hub's RSS at the start and the end, the
 p99 of `runner_status` under load against idle (goal <= 2x), and the hub's subscriptions
-at the start and the end (they must not grow). Timings are reported, never asserted; the
+and tasks (`hub.status`) at the start and the end (they must not grow). Timings are reported, never asserted; the
 exit status is 1 only when a check fails (a dispatch refused, a process left running).
 """
 
@@ -113,9 +113,11 @@ def main() -> int:
                 c = WireClient(SERVE, env, cwd=root)
                 clients.append(c)
                 c.open("soak")
+                c.call_tool("runner_status", {"limit": 1})  # the hub's side of it opens
             hub = psutil.Process(read_pid(Home(home).lock) or 0)
             rss_start = hub.memory_info().rss / 2**20
-            subs_start = len(hub_status(env)["subscribers"])
+            status = hub_status(env)
+            subs_start, tasks_start = len(status["subscribers"]), status["tasks"]
             idle = timed_status(main_session, 50)
             log(f"soaking {seconds:g}s")
             main_session.call_tool("runner_start", {})
@@ -131,7 +133,13 @@ def main() -> int:
                     dispatch(main_session, top_up, dispatched)
                     dispatched += top_up
             rss_end = hub.memory_info().rss / 2**20
-            subs_end = len(hub_status(env)["subscribers"])
+            main_session.call_tool("runner_stop", {})  # freeze: the runs started end
+            while main_session.call_tool("runner_status", {"limit": 0})["result"][
+                "structuredContent"
+            ]["running"]:
+                pass
+            status = hub_status(env)
+            subs_end, tasks_end = len(status["subscribers"]), status["tasks"]
             completed = main_session.call_tool("runner_status", {"limit": 0})["result"][
                 "structuredContent"
             ]["completed"]
@@ -158,7 +166,9 @@ def main() -> int:
         "status_p99_ratio": percentile(load, 99) / percentile(idle, 99),
         "subscriptions_start": subs_start,
         "subscriptions_end": subs_end,
-        "valid": subs_end <= subs_start,
+        "tasks_start": tasks_start,
+        "tasks_end": tasks_end,
+        "valid": subs_end <= subs_start and tasks_end <= tasks_start,
     }
     if args.json:
         print(json.dumps(no_nan({"results": [results]}), indent=2))

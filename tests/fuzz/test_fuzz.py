@@ -1,9 +1,12 @@
 """Fuzzing the two doors callers knock on: the hub's JSON-RPC socket and every exposed MCP
-tool through `fleetbus serve`, with hypothesis.
+tool through `fleetbus serve`, with hypothesis. The tools are driven by the SDK's own client
+(arguments from each tool's JSON Schema, and junk objects); what that client cannot send
+(arguments that are not an object, lone surrogates) goes on the wire.
 
 Properties: every request gets an answer; no answer is an internal error or carries a
 traceback; the hub and the server still answer afterwards; no subscription outlives its
-connection; the hub's log has no traceback. The runner is frozen (FLEETBUS_FROZEN=1) and
+connection and the hub's task count (`hub.status` "tasks") ends where it started; the hub's
+log has no traceback. The runner is frozen (FLEETBUS_FROZEN=1) and
 `runner.start` / `runner_start` are left out, so no fuzzed dispatch ever starts an agent.
 
 CI runs a short, seeded variant (`derandomize`); FLEETBUS_FUZZ_EXAMPLES=2000 runs long.
@@ -14,16 +17,22 @@ from __future__ import annotations
 import json
 import os
 import socket
+import subprocess
 import sys
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
-from hypothesis import HealthCheck, given, settings
+from anyio.from_thread import start_blocking_portal
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
+from mcp import ClientSession, StdioServerParameters, stdio_client
+from mcp.shared.exceptions import MCPError
 
 from fleetbus.bus.paths import Home
-from fleetbus.testing.hub import hub_process
+from fleetbus.testing.hub import cli_command, hub_process
 from fleetbus.testing.mcp_wire import WireClient
 
 pytestmark = pytest.mark.fuzz
@@ -170,7 +179,9 @@ def test_the_hub_socket_answers_junk_without_internal_errors(
                         assert "result" in reply, reply
                         break
 
+        tasks_before = hub_tasks(fuzz_env(env))
         one()
+        assert hub_tasks(fuzz_env(env)) <= tasks_before, "a fuzzed request left a task behind"
         with socket.socket(socket.AF_UNIX) as sock:
             sock.settimeout(30)
             sock.connect(path)
@@ -183,38 +194,103 @@ def test_the_hub_socket_answers_junk_without_internal_errors(
     )
 
 
-def test_every_tool_answers_junk_without_internal_errors(home: Path, env: dict[str, str]) -> None:
-    errlog = open(home.parent / "serve.stderr", "wb")  # noqa: SIM115 - closed below
-    with WireClient(
-        [sys.executable, "-m", "fleetbus.server", "serve"], fuzz_env(env), stderr=errlog
-    ) as client:
-        client.open_like_claude_code()
-        tools = {t["name"]: t for t in client.call("tools/list")["result"]["tools"]}
-        tools.pop("runner_start")
+def hub_tasks(env: dict[str, str]) -> int:
+    """The hub's live task count, asked over a fresh connection (which counts the same
+    every time it is asked)."""
+    done = subprocess.run(
+        cli_command("call", "hub.status"), env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    return int(json.loads(done.stdout)["tasks"])
 
-        def arguments(name: str) -> st.SearchStrategy[Any]:
-            schema = tools[name]["inputSchema"]
-            valid = from_schema(schema)
-            if name == "fleetbus_watch":
-                valid = valid.map(lambda a: {**a, "timeout_s": 0} if isinstance(a, dict) else a)
-            return (
-                valid | st.dictionaries(st.text(max_size=12), json_values, max_size=4) | json_values
-            )
+
+def encodable(value: Any) -> bool:
+    try:
+        json.dumps(value).encode().decode()
+        json.dumps(value, ensure_ascii=False).encode()
+    except (UnicodeError, ValueError):
+        return False
+    return True
+
+
+def check_tool_reply(reply: Any) -> None:
+    text = json.dumps(reply, default=str)
+    assert "Traceback" not in text and "internal error" not in text, reply
+
+
+def tool_arguments(tools: dict[str, Any], name: str) -> st.SearchStrategy[dict[str, Any]]:
+    """Arguments shaped by the tool's schema, or a junk object."""
+    valid = from_schema(tools[name]["inputSchema"])
+    if name == "fleetbus_watch":  # never wait out the default in a fuzz step
+        valid = valid.map(lambda a: {**a, "timeout_s": 0})
+    return valid | st.dictionaries(st.text(max_size=12), json_values, max_size=4)
+
+
+def test_every_tool_answers_junk_through_the_sdk_client(home: Path, env: dict[str, str]) -> None:
+    """The SDK's own client over stdio, as an assistant runs it: every exposed tool with
+    arguments drawn from its JSON Schema and junk objects."""
+    params = StdioServerParameters(
+        command=sys.executable, args=["-m", "fleetbus.server", "serve"], env=fuzz_env(env)
+    )
+    with (
+        open(home.parent / "serve.stderr", "w") as errlog,
+        start_blocking_portal() as portal,
+        ExitStack() as stack,
+    ):
+        read, write = stack.enter_context(
+            portal.wrap_async_context_manager(stdio_client(params, errlog=errlog))
+        )
+        session = stack.enter_context(portal.wrap_async_context_manager(ClientSession(read, write)))
+        portal.call(session.initialize)
+        listed = portal.call(session.list_tools)
+        tools = {t.name: t.model_dump(by_alias=True) for t in listed.tools if t.name != "runner_start"}
+
+        async def call(name: str, args: dict[str, Any]) -> Any:
+            with anyio.fail_after(60):
+                try:
+                    return (await session.call_tool(name, args)).model_dump(by_alias=True)
+                except MCPError as e:  # malformed params never reach the tool
+                    assert e.error.code == -32602, e.error
+                    return e.error.model_dump(by_alias=True)
+
+        portal.call(call, "runner_status", {"limit": 1})  # the hub's side of the session opens
+        tasks_before = hub_tasks(fuzz_env(env))
 
         @FUZZ
         @given(data=st.data())
         def one(data: st.DataObject) -> None:
             name = data.draw(st.sampled_from(sorted(tools)))
-            args = data.draw(arguments(name))
+            args = data.draw(tool_arguments(tools, name))
+            assume(encodable(args))  # the SDK client cannot send lone surrogates; the wire test does
+            check_tool_reply(portal.call(call, name, args))
+
+        one()
+        status = portal.call(call, "runner_status", {"limit": 1})
+        assert status["isError"] is False, status
+        assert hub_tasks(fuzz_env(env)) <= tasks_before, "a fuzzed call left a task behind"
+    assert "Traceback" not in (home / "hub.log").read_text()
+
+
+def test_tools_answer_malformed_arguments_on_the_wire(home: Path, env: dict[str, str]) -> None:
+    """What the SDK client cannot send: arguments that are not an object at all."""
+    errlog = open(home.parent / "serve.stderr", "wb")  # noqa: SIM115 - closed below
+    with WireClient(
+        [sys.executable, "-m", "fleetbus.server", "serve"], fuzz_env(env), stderr=errlog
+    ) as client:
+        client.open_like_claude_code()
+        names = [t["name"] for t in client.call("tools/list")["result"]["tools"]]
+
+        @settings(FUZZ, max_examples=max(20, EXAMPLES // 4))
+        @given(name=st.sampled_from(names) | st.text(max_size=12), args=json_values)
+        def one(name: str, args: Any) -> None:
+            if isinstance(args, dict) and name == "runner_start":
+                return
             reply = client.call("tools/call", {"name": name, "arguments": args}, timeout=60)
-            text = json.dumps(reply)
-            assert "Traceback" not in text and "internal error" not in text, reply
-            if "error" in reply:  # malformed params never reach the tool
+            check_tool_reply(reply)
+            if "error" in reply:
                 assert reply["error"]["code"] == -32602, reply
 
         one()
         assert "result" in client.call("ping")
-        status = client.call_tool("runner_status", {"limit": 1})
-        assert status["result"]["isError"] is False, status
     errlog.close()
     assert "Traceback" not in (home / "hub.log").read_text()
