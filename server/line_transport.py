@@ -4,11 +4,16 @@ does for a process's pipes, done for a relayed connection inside the hub.
 `line_streams` reads lines (a message over the IPC line limit is answered and skipped: the
 session is not at fault), feeds the SDK session the `prime` messages first, and writes the
 session's messages back, dropping the answer whose id is `drop_id` (the relay gave it).
+
+A session may have `MAX_IN_FLIGHT` requests unanswered, as on the hub's socket; past that
+its next line is not read until one is answered or cancelled (back-pressure, not an
+error), so a client pipelining thousands of calls cannot fill the hub with tasks.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -20,7 +25,7 @@ from anyio.streams.buffered import BufferedByteReceiveStream
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from mcp.shared.message import SessionMessage
 
-from fleetbus.bus.ipc import TOO_LARGE, guess_id, receive_line
+from fleetbus.bus.ipc import MAX_IN_FLIGHT, TOO_LARGE, guess_id, receive_line
 
 ReadStream = MemoryObjectReceiveStream[SessionMessage | Exception]
 WriteStream = MemoryObjectSendStream[SessionMessage]
@@ -48,6 +53,14 @@ async def line_streams(
     read_send, read_recv = anyio.create_memory_object_stream[SessionMessage | Exception](16)
     write_send, write_recv = anyio.create_memory_object_stream[SessionMessage](16)
     written = anyio.Event()
+    slots = anyio.Semaphore(MAX_IN_FLIGHT)
+    unanswered: set[str] = set()  # the JSON of each in-flight request's id
+
+    def answered(req_id: Any) -> None:
+        key = json.dumps(req_id)
+        if key in unanswered:
+            unanswered.discard(key)
+            slots.release()
 
     async def read_lines() -> None:
         async with read_send:
@@ -73,6 +86,15 @@ async def line_streams(
                 except Exception as e:
                     await read_send.send(e)
                     continue
+                if isinstance(message, types.JSONRPCRequest):
+                    await slots.acquire()
+                    unanswered.add(json.dumps(message.id))
+                elif (
+                    isinstance(message, types.JSONRPCNotification)
+                    and message.method == "notifications/cancelled"
+                    and isinstance(message.params, dict)
+                ):  # a cancelled request may never be answered
+                    answered(message.params.get("requestId"))
                 await read_send.send(SessionMessage(message))
 
     async def write_lines() -> None:
@@ -80,6 +102,8 @@ async def line_streams(
             async with write_recv:
                 async for item in write_recv:
                     message = item.message
+                    if isinstance(message, types.JSONRPCResponse | types.JSONRPCError):
+                        answered(message.id)
                     if getattr(message, "id", None) == drop_id and not hasattr(message, "method"):
                         continue
                     data = message.model_dump_json(by_alias=True, exclude_unset=True)

@@ -50,6 +50,7 @@ _ID = re.compile(
     rb'^\s*\{\s*(?:"jsonrpc"\s*:\s*"2\.0"\s*,\s*)?"id"\s*:\s*(-?\d{1,18}|"[^"\\]{0,200}")'
 )
 RETRY_S = 1.0
+HUB_BUFFER = 1 << 20  # bytes waiting for the hub past which the client is not read
 INTERNAL_ERROR = -32603
 
 
@@ -139,6 +140,8 @@ class Relay:
         self.protocol = ""
         self.initialized = False  # the client sent notifications/initialized
         self.sock: socket.socket | None = None
+        self.hub_out = bytearray()  # written to the hub as its socket takes it
+        self.stdin_paused = False
         self.state = "down"  # down | starting | opening | open | failed
         self.failure = ""
         self.held: list[tuple[bytes, Any, str]] = []  # (line, request id, method) for the session
@@ -198,7 +201,9 @@ class Relay:
             self.state = "starting"
             threading.Thread(target=self.start_hub, daemon=True, name="fleetbus-start").start()
             return
+        sock.setblocking(False)  # never block on the hub: it may be waiting for us to read
         self.sock = sock
+        self.hub_out.clear()
         self.sel.register(sock, selectors.EVENT_READ, self.on_hub)
         self.state = "connected"
         self.answer_held_tools()
@@ -250,8 +255,12 @@ class Relay:
 
     def on_hub(self) -> None:
         assert self.sock is not None
+        if self.hub_out and not self.flush_hub():
+            return
         try:
             data = self.sock.recv(1 << 16)
+        except BlockingIOError:  # it was ready for writing only
+            return
         except OSError:
             data = b""
         if not data:
@@ -312,6 +321,10 @@ class Relay:
             self.sel.unregister(self.sock)
             self.sock.close()
             self.sock = None
+        self.hub_out.clear()
+        if self.stdin_paused and not self.eof:
+            self.stdin_paused = False
+            self.sel.register(self.stdin, selectors.EVENT_READ, self.on_stdin)
         for req_id in sorted(self.owed, key=str):
             self.write_client(
                 encode(
@@ -345,10 +358,34 @@ class Relay:
 
     def send_hub(self, data: bytes) -> None:
         assert self.sock is not None
+        self.hub_out += data
+        self.flush_hub()
+
+    def flush_hub(self) -> bool:
+        """Write what the hub's socket takes now; the rest when it is writable again. While
+        more than HUB_BUFFER bytes wait, the client's input is not read (back-pressure:
+        the hub reads a session's requests only as fast as it answers them). False when
+        the hub is lost."""
+        assert self.sock is not None
         try:
-            self.sock.sendall(data)
+            while self.hub_out:
+                sent = self.sock.send(self.hub_out)
+                del self.hub_out[:sent]
+        except BlockingIOError:
+            pass
         except OSError:
             self.lost_hub()
+            return False
+        events = selectors.EVENT_READ | (selectors.EVENT_WRITE if self.hub_out else 0)
+        self.sel.modify(self.sock, events, self.on_hub)
+        pause = len(self.hub_out) > HUB_BUFFER
+        if pause != self.stdin_paused and not self.eof:
+            self.stdin_paused = pause
+            if pause:
+                self.sel.unregister(self.stdin)
+            else:
+                self.sel.register(self.stdin, selectors.EVENT_READ, self.on_stdin)
+        return True
 
     # -- the client side ---------------------------------------------------------------------
     def on_stdin(self) -> None:

@@ -55,14 +55,16 @@ class Launcher:
 
     async def spawn(self, row: dict[str, Any], *, workspace_shared: bool) -> int:
         """Spawn the process of claimed run `row`; its pid. `workspace_shared`: another
-        run is active in its workspace. Raises OSError or ValueError when it cannot start."""
+        run is active in its workspace. Raises OSError or ValueError when it cannot start.
+
+        Every directory, file and the spawn itself are made in a worker thread: the event
+        loop, which answers every caller, never waits on the filesystem."""
         run_id = row["id"]
         spec = self.agents[row["agent"]]
         run_dir = Path(row["run_dir"])
-        run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        run_dir.chmod(0o700)  # private like the home, whatever made it before
         workspace = self.root / row["workspace"]
         env = self.environment(spec, run_id, workspace)
+        await anyio.to_thread.run_sync(self.make_dirs, run_dir, row["workspace"])
         previous = row.get("previous_run")
         if previous:
             env["FLEETBUS_PREVIOUS_RUN_ID"] = previous
@@ -71,12 +73,9 @@ class Launcher:
         prompt = row["prompt"]
         if previous and spec.context != "none":
             prompt = await self.with_context(spec, previous, prompt, run_dir, env)
-        prompt_file = run_dir / "prompt.txt"
-        if spec.prompt != "arg":
-            prompt_file.write_text(prompt)
-        resolve(row["workspace"], self.root, create=True)
         if not workspace_shared:
             await self.take_leftover(row["workspace"], run_id, run_dir)
+        prompt_file = run_dir / "prompt.txt"
         argv = spec.render(
             prompt if spec.prompt == "arg" else None,
             str(prompt_file) if spec.prompt == "file" else None,
@@ -84,14 +83,26 @@ class Launcher:
             row["model"],
             sys.executable,
         )
-        return processes.spawn(
-            argv,
-            cwd=workspace,
-            env=env,
-            run_dir=run_dir,
-            log=run_dir / "output.log",
-            stdin=prompt_file if spec.prompt == "stdin" else None,
-        )
+
+        def start() -> int:
+            if spec.prompt != "arg":
+                prompt_file.write_text(prompt)
+            return processes.spawn(
+                argv,
+                cwd=workspace,
+                env=env,
+                run_dir=run_dir,
+                log=run_dir / "output.log",
+                stdin=prompt_file if spec.prompt == "stdin" else None,
+            )
+
+        return await anyio.to_thread.run_sync(start)
+
+    def make_dirs(self, run_dir: Path, workspace: str) -> None:
+        """The run's private directory and its workspace (kept inside the root)."""
+        run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        run_dir.chmod(0o700)  # private like the home, whatever made it before
+        resolve(workspace, self.root, create=True)
 
     def environment(self, spec: AgentSpec, run_id: str, workspace: Path) -> dict[str, str]:
         env = {k: v for k, v in self.env.items() if k in PASSED_ENV or k in spec.env}
@@ -120,7 +131,7 @@ class Launcher:
         )
         if spec.context == "file":
             context_file = run_dir / "context.md"
-            context_file.write_text(followup.text(before) + "\n")
+            await anyio.to_thread.run_sync(context_file.write_text, followup.text(before) + "\n")
             env["FLEETBUS_CONTEXT_FILE"] = str(context_file)
             return prompt
         # on a command line, prompt and context together must fit in one argument
@@ -131,7 +142,7 @@ class Launcher:
     async def take_leftover(self, workspace: str, run_id: str, run_dir: Path) -> None:
         """Take a question that is already in the workspace when a run starts into the
         run's directory (`leftover-question.md`), so it is never taken for its own."""
-        if not questions.present(self.root / workspace):
+        if not await anyio.to_thread.run_sync(questions.present, self.root / workspace):
             return
         taken = await anyio.to_thread.run_sync(
             questions.take, self.root, workspace, run_id, run_dir / "leftover-question.md"

@@ -16,7 +16,10 @@ run in this workspace: started without context"), the field a caller already rea
 from __future__ import annotations
 
 import json
+from functools import partial
 from typing import TYPE_CHECKING, Any
+
+import anyio.to_thread
 
 from fleetbus.bus import Context, InvalidInput, Refused
 
@@ -132,8 +135,15 @@ class Runner:
 
     # -- dispatch ----------------------------------------------------------------------------
     async def dispatch(self, req: DispatchInput, ctx: Context) -> DispatchResult:
-        checked = check_dispatch(
-            req, self.state.agents, self.dispatch_spec, self.root, path_of(self.hub.env)
+        # checking and creating the workspace touch the filesystem: in a worker thread,
+        # never on the loop that answers every other caller
+        checked = await anyio.to_thread.run_sync(
+            check_dispatch,
+            req,
+            self.state.agents,
+            self.dispatch_spec,
+            self.root,
+            path_of(self.hub.env),
         )
         name, model = checked.workspace, checked.model
         mode = req.session_mode or self.policy.spec.mode
@@ -151,7 +161,7 @@ class Runner:
                 if existing is not None:
                     return await self._answer(existing)
             try:
-                resolve(name, self.root, create=True)
+                await anyio.to_thread.run_sync(partial(resolve, name, self.root, create=True))
             except BadWorkspace as e:
                 raise InvalidInput.from_errors(
                     "runner.dispatch", [{"field": "workspace", "message": str(e)}]

@@ -2,13 +2,16 @@
 
 Run it as a script (it is not a pytest test)::
 
-    python tests/bench/bench_soak.py            # 10,000 queued, 32 sessions, 60 s
-    python tests/bench/bench_soak.py --quick    # 500 queued, 8 sessions, 10 s
+    python tests/bench/bench_soak.py              # 10,000 queued, 32 sessions, 60 s
+    python tests/bench/bench_soak.py --quick      # 500 queued, 8 sessions, 10 s
+    python tests/bench/bench_soak.py --run-s 0    # flat out: agents that exit at once
     python tests/bench/bench_soak.py --json
 
 A real hub, `fleetbus serve` sessions on the wire (`fleetbus.testing.mcp_wire`). The runner
 is frozen while the queue is filled over one session (pipelined `runner_dispatch` calls of
-`true`), the other sessions connect, and `runner_status` is timed idle; then the runner is
+`sleep`: each run lasts `--run-s` seconds, 0.5 by default, 8 at a time: a steady 16
+completions a second, a busy fleet of real agents; `--run-s 0` runs flat out, as many
+process starts and ends a second as the machine allows), the other sessions connect, and `runner_status` is timed idle; then the runner is
 unfrozen and, for the soak's length, one more run is dispatched for each that ends, while
 `runner_status` is timed under load. Reported: the hub's RSS at the start and the end, the
 p99 of `runner_status` under load against idle (goal <= 2x), and the hub's subscriptions
@@ -40,7 +43,7 @@ SERVE = [sys.executable, "-m", "fleetbus.server", "serve"]
 CONFIG = """\
 agents:
   noop:
-    command: ["true", "{prompt}"]
+    command: ["sleep", "{prompt}"]
     prompt: arg
     concurrency: 8
 dispatch:
@@ -59,13 +62,13 @@ def timed_status(client: WireClient, n: int) -> list[float]:
     return out
 
 
-def dispatch(client: WireClient, count: int, start: int) -> None:
+def dispatch(client: WireClient, count: int, start: int, run_s: float) -> None:
     ids = [
         client.request(
             "tools/call",
             {
                 "name": "runner_dispatch",
-                "arguments": {"agent": "noop", "prompt": "x", "workspace": f"s/q/t{start + n}"},
+                "arguments": {"agent": "noop", "prompt": f"{run_s:g}", "workspace": f"s/q/t{start + n}"},
             },
         )
         for n in range(count)
@@ -89,6 +92,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--run-s", type=float, default=0.5, help="how long each run lasts")
     args = parser.parse_args()
     queued, sessions, seconds = (500, 8, 10.0) if args.quick else (10_000, 32, 60.0)
     with tempfile.TemporaryDirectory(prefix="fb-soak-") as tmp:
@@ -108,7 +112,7 @@ def main() -> int:
             clients.append(main_session)
             main_session.open("soak")
             log(f"queueing {queued} runs")
-            dispatch(main_session, queued, 0)
+            dispatch(main_session, queued, 0, args.run_s)
             for _ in range(sessions - 1):
                 c = WireClient(SERVE, env, cwd=root)
                 clients.append(c)
@@ -130,7 +134,7 @@ def main() -> int:
                 ended = done["result"]["structuredContent"]["completed"]
                 top_up = max(0, min(200, ended + queued - dispatched))
                 if top_up:
-                    dispatch(main_session, top_up, dispatched)
+                    dispatch(main_session, top_up, dispatched, args.run_s)
                     dispatched += top_up
             rss_end = hub.memory_info().rss / 2**20
             main_session.call_tool("runner_stop", {})  # freeze: the runs started end
@@ -158,6 +162,7 @@ def main() -> int:
         "queued": queued,
         "sessions": sessions,
         "seconds": seconds,
+        "run_s": args.run_s,
         "runs_completed": completed,
         "rss_mb_start": round(rss_start, 1),
         "rss_mb_end": round(rss_end, 1),

@@ -243,7 +243,9 @@ def test_every_tool_answers_junk_through_the_sdk_client(home: Path, env: dict[st
         session = stack.enter_context(portal.wrap_async_context_manager(ClientSession(read, write)))
         portal.call(session.initialize)
         listed = portal.call(session.list_tools)
-        tools = {t.name: t.model_dump(by_alias=True) for t in listed.tools if t.name != "runner_start"}
+        tools = {
+            t.name: t.model_dump(by_alias=True) for t in listed.tools if t.name != "runner_start"
+        }
 
         async def call(name: str, args: dict[str, Any]) -> Any:
             with anyio.fail_after(60):
@@ -261,7 +263,9 @@ def test_every_tool_answers_junk_through_the_sdk_client(home: Path, env: dict[st
         def one(data: st.DataObject) -> None:
             name = data.draw(st.sampled_from(sorted(tools)))
             args = data.draw(tool_arguments(tools, name))
-            assume(encodable(args))  # the SDK client cannot send lone surrogates; the wire test does
+            assume(
+                encodable(args)
+            )  # the SDK client cannot send lone surrogates; the wire test does
             check_tool_reply(portal.call(call, name, args))
 
         one()

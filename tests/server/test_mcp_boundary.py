@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ import anyio
 import pytest
 
 from fleetbus.bus.client import HubClient
+from fleetbus.bus.ipc import MAX_IN_FLIGHT
 from fleetbus.bus.paths import Home
 from fleetbus.testing.mcp_wire import serve
 from fleetbus.testing.processes import wait_for
@@ -73,6 +75,60 @@ def test_a_cancelled_watch_leaves_no_subscription_in_the_hub(
     finally:
         fcntl.flock(gate, fcntl.LOCK_UN)
         gate.close()
+
+
+def test_a_session_pipelining_calls_is_held_at_the_in_flight_limit(
+    home: Path, serve_env: dict[str, str]
+) -> None:
+    """More calls than MAX_IN_FLIGHT sent at once: the hub takes that many, reads the rest
+    as answers go out, and every call is answered; other sessions are served meanwhile."""
+    extra = 20
+    gate = open(serve_env["GATE"], "w")  # noqa: SIM115 - closed below
+    fcntl.flock(gate, fcntl.LOCK_EX)  # the run waits on the gate: the watches wait on it
+    try:
+        with (
+            serve(serve_env, home.parent) as client,
+            serve(serve_env, home.parent, "other") as other,
+        ):
+            client.open()
+            other.open()
+            reply = client.call_tool(
+                "runner_dispatch", {"agent": "gated", "prompt": "go", "workspace": "a/b/w"}
+            )
+            run_id = reply["result"]["structuredContent"]["run_id"]
+            before = local_subscriptions(home)
+            watch = {"name": "fleetbus_watch", "arguments": {"run_ids": [run_id], "timeout_s": 60}}
+            ids = [client.request("tools/call", watch) for _ in range(MAX_IN_FLIGHT + extra)]
+            assert wait_for(lambda: local_subscriptions(home) == before + MAX_IN_FLIGHT, 30), (
+                hub_subscribers(home)
+            )
+            status = other.call_tool("runner_status", {"run_id": run_id})
+            assert not status["result"].get("isError"), status
+            assert local_subscriptions(home) == before + MAX_IN_FLIGHT  # the rest unread
+            fcntl.flock(gate, fcntl.LOCK_UN)  # the run ends: every watch is answered
+            for req_id in ids:
+                answer = client.response(req_id, 60)
+                assert not answer["result"].get("isError"), answer
+            assert wait_for(lambda: local_subscriptions(home) == before, 10), hub_subscribers(home)
+    finally:
+        fcntl.flock(gate, fcntl.LOCK_UN)
+        gate.close()
+
+
+def test_thousands_of_pipelined_requests_are_all_answered(
+    home: Path, serve_env: dict[str, str]
+) -> None:
+    """The relay never blocks writing to the hub while the hub waits for it to read its
+    answers (large answers, more requests than the hub takes at once, most of them held
+    while the hub's session opens and then sent in one go)."""
+    with serve(serve_env, home.parent) as client:
+        client.open()
+        padded = {"_meta": {"pad": "x" * 4000}}  # requests outgrow the socket's buffers too
+        ids = [client.request("tools/list", padded) for _ in range(2000)]
+        deadline = time.monotonic() + 60
+        for req_id in ids:
+            answer = client.response(req_id, max(0.1, deadline - time.monotonic()))
+            assert "result" in answer, req_id
 
 
 def test_an_error_names_the_action_that_was_called(home: Path, serve_env: dict[str, str]) -> None:
