@@ -68,7 +68,11 @@ def dispatch(client: WireClient, count: int, start: int, run_s: float) -> None:
             "tools/call",
             {
                 "name": "runner_dispatch",
-                "arguments": {"agent": "noop", "prompt": f"{run_s:g}", "workspace": f"s/q/t{start + n}"},
+                "arguments": {
+                    "agent": "noop",
+                    "prompt": f"{run_s:g}",
+                    "workspace": f"s/q/t{start + n}",
+                },
             },
         )
         for n in range(count)
