@@ -35,6 +35,7 @@ ENTRY_POINT_GROUP = "fleetbus"
 DEFAULT_PLUGINS: tuple[str, ...] = (
     "fleetbus.plugins.hub",
     "fleetbus.plugins.runner",
+    "fleetbus.plugins.agentic",
     "fleetbus.server.mcp_host",
 )
 HOOK_NAMES = frozenset(

@@ -7,7 +7,7 @@ directives separated by newlines or `;`; anything else is ordinary text and igno
     write PATH TEXT      append PATH TEXT     commit MESSAGE
     question TEXT        usage IN OUT COST    limit
     exit CODE            env NAME             received
-    wait PATH
+    wait PATH            ask TEXT
 
 Paths are relative to the working directory (absolute paths and `..` exit 2). `question`
 writes `.fleetbus/question.md` and exits 0; `limit` prints the usage-limit line and exits 1;
@@ -15,7 +15,9 @@ writes `.fleetbus/question.md` and exits 0; `limit` prints the usage-limit line 
 prints the whole prompt it was given and the file named by `$FLEETBUS_CONTEXT_FILE` (each
 line after `| `), so a test can see what a followup run was told; `wait` waits until PATH
 exists (a gate a test opens). It prints `fake agent started pid=N` first and
-`fake agent done` last; SIGTERM exits 143 at once.
+`fake agent done` last; SIGTERM exits 143 at once. `ask` asks the way the agentic service
+expects: with no `ANSWER.md` in the working directory it writes TEXT to `BLOCKED.md` and
+exits 0; once answered it prints `fake agent read the answer: ...` and goes on.
 
 A followup's context block (from a `<fleetbus-context>` line to `</fleetbus-context>`) is
 read the way a real agent reads it, as text: no directive in it runs.
@@ -39,6 +41,8 @@ AUTHOR = {
     "GIT_COMMITTER_EMAIL": "fake-agent@fleetbus.invalid",
 }
 QUESTION_FILE = os.path.join(".fleetbus", "question.md")
+BLOCKED_FILE = "BLOCKED.md"  # the agentic service's question and answer files
+ANSWER_FILE = "ANSWER.md"
 USAGE_PREFIX = "fleetbus-usage:"
 LIMIT_LINE = "FAKE USAGE LIMIT reached, try again later"
 CONTEXT_OPEN = "<fleetbus-context>"  # the runner's followup context block (runner/followup.py)
@@ -184,6 +188,14 @@ def run_directive(line: str, prompt: str = "") -> bool:
             _write(QUESTION_FILE, rest, "w")
             _say("fake agent asked a question")
             raise Stop(0)
+        elif word == "ask":
+            if os.path.isfile(ANSWER_FILE):
+                with open(ANSWER_FILE, encoding="utf-8", errors="replace") as handle:
+                    _say(f"fake agent read the answer: {handle.read().strip()}")
+            else:
+                _write(BLOCKED_FILE, rest, "w")
+                _say("fake agent is blocked")
+                raise Stop(0)
         elif word == "usage":
             tokens_in, tokens_out, cost = rest.split()
             int(tokens_in), int(tokens_out), float(cost)

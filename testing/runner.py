@@ -71,8 +71,10 @@ async def runner_hub(
     session: dict[str, Any] | None = None,
     clock: Callable[[], float] | None = None,
     env: dict[str, str] | None = None,
+    agentic: dict[str, Any] | None = None,
 ) -> AsyncIterator[Hub]:
-    """An embedded hub with the built-in agents plus `agents`, and `dispatch` settings.
+    """An embedded hub with the built-in agents plus `agents`, `dispatch` settings and the
+    `agentic` section.
 
     Defaults that keep tests quick: kill_grace 2 s and no debounce (a test that wants
     them says so). On exit every run is killed and its process group checked gone.
@@ -81,7 +83,10 @@ async def runner_hub(
     config = home.parent / "fleetbus.yaml"
     spec: dict[str, Any] = {"kill_grace": 2, **(dispatch or {})}
     spec["session"] = {"debounce_ms": 0, **(session or {})}
-    config.write_text(yaml.safe_dump({"agents": agents or {}, "dispatch": spec}))
+    manifest: dict[str, Any] = {"agents": agents or {}, "dispatch": spec}
+    if agentic is not None:
+        manifest["agentic"] = agentic
+    config.write_text(yaml.safe_dump(manifest))
     hub_env = {**isolated_env(home, config=config), **(env or {})}
     kwargs: dict[str, Any] = {"wall_clock": clock} if clock is not None else {}
     async with embedded_hub(home, env=hub_env, serve_socket=False, **kwargs) as hub:

@@ -1,5 +1,6 @@
 """fleetbus's own tests use the fixtures it ships for plugin authors, plus `serve_env`: agents
-for `fleetbus serve` tests (`quick`, and `gated`, which waits on an flock the test holds)."""
+for `fleetbus serve` tests (`quick`, and `gated`, which waits on an flock the test holds),
+and `source_repo`: a real git repository for the agentic tests."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from fleetbus.testing.gitrepo import make_repo
 from fleetbus.testing.processes import reap_runs
 
 pytest_plugins = ["fleetbus.testing.pytest_plugin"]
@@ -34,3 +36,9 @@ def serve_env(home: Path, env: dict[str, str]) -> Iterator[dict[str, str]]:
     env["GATE"] = str(home.parent / "gate")
     yield env
     reap_runs(home)
+
+
+@pytest.fixture
+def source_repo(tmp_path: Path) -> Path:
+    """A repository `acme/app` on `main` with one commit (README.md, pyproject.toml)."""
+    return make_repo(tmp_path / "src" / "acme" / "app")

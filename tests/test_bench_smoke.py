@@ -16,7 +16,14 @@ BENCH = Path(__file__).resolve().parent / "bench"
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    "script", ["bench_bus.py", "bench_runner.py", "bench_mcp.py", "bench_assistant_loop.py"]
+    "script",
+    [
+        "bench_bus.py",
+        "bench_runner.py",
+        "bench_mcp.py",
+        "bench_assistant_loop.py",
+        "bench_agentic.py",
+    ],
 )
 def test_benchmark_runs_and_its_checks_hold(script: str) -> None:
     proc = subprocess.run(

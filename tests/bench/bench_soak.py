@@ -126,7 +126,7 @@ def main() -> int:
             rss_start = hub.memory_info().rss / 2**20
             status = hub_status(env)
             subs_start, tasks_start = len(status["subscribers"]), status["tasks"]
-            idle = timed_status(main_session, 50)
+            idle = timed_status(main_session, 500)  # as many as p99 needs to mean something
             log(f"soaking {seconds:g}s")
             main_session.call_tool("runner_start", {})
             load: list[float] = []

@@ -67,6 +67,11 @@ ACTIONS = [
     "runner.kill",
     "runner.stop",
 ]
+# repositories agentic_dispatch may be fuzzed with: none a worktree could be added to
+SAFE_REPOS = st.sampled_from(
+    ["", "-x", "zz-no-such-repo", "/nonexistent/repo", "http://example.invalid/r.git",
+     "ext::sh -c x", "git://example.invalid/r", "\x00", "../..", "file:///nonexistent"]
+)  # fmt: skip
 BAD_TEXT = st.sampled_from(["\ud800", "x" * 5000, "", "null", "../..", "\x00", "r1"])
 json_values = st.recursive(
     st.none()
@@ -223,6 +228,9 @@ def tool_arguments(tools: dict[str, Any], name: str) -> st.SearchStrategy[dict[s
     valid = from_schema(tools[name]["inputSchema"])
     if name == "fleetbus_watch":  # never wait out the default in a fuzz step
         valid = valid.map(lambda a: {**a, "timeout_s": 0})
+    if name == "agentic_dispatch":  # never a worktree of a repository outside the test
+        valid = st.builds(lambda a, r: {**a, "repo": r}, valid, SAFE_REPOS)
+        return valid
     return valid | st.dictionaries(st.text(max_size=12), json_values, max_size=4)
 
 
@@ -287,7 +295,7 @@ def test_tools_answer_malformed_arguments_on_the_wire(home: Path, env: dict[str,
         @settings(FUZZ, max_examples=max(20, EXAMPLES // 4))
         @given(name=st.sampled_from(names) | st.text(max_size=12), args=json_values)
         def one(name: str, args: Any) -> None:
-            if isinstance(args, dict) and name == "runner_start":
+            if isinstance(args, dict) and name in ("runner_start", "agentic_dispatch"):
                 return
             reply = client.call("tools/call", {"name": name, "arguments": args}, timeout=60)
             check_tool_reply(reply)
