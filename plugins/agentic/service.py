@@ -588,6 +588,11 @@ class Agentic:
         elif await self.usage_limited(task["agent"]):
             note = f"{task['agent']} reported a usage limit; the task waits for its reset"
             await self.wait(task, note, now, **facts)
+            payload = {"retries": task["retries"], "next_attempt": now, "usage_limit": True}
+            event = RetryScheduled(
+                task_id=task["id"], agent=task["agent"], reason=note, payload=payload
+            )
+            self.publish(event, task, ctx)
         else:
             await self.failed(task, run_id, reason or f"exit code {exit_code}", now, ctx, facts)
         self.wake.set()

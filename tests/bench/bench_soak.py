@@ -11,12 +11,15 @@ A real hub, `fleetbus serve` sessions on the wire (`fleetbus.testing.mcp_wire`).
 is frozen while the queue is filled over one session (pipelined `runner_dispatch` calls of
 `sleep`: each run lasts `--run-s` seconds, 0.5 by default, 8 at a time: a steady 16
 completions a second, a busy fleet of real agents; `--run-s 0` runs flat out, as many
-process starts and ends a second as the machine allows), the other sessions connect, and `runner_status` is timed idle; then the runner is
-unfrozen and, for the soak's length, one more run is dispatched for each that ends, while
-`runner_status` is timed under load. Reported: the hub's RSS at the start and the end, the
-p99 of `runner_status` under load against idle (goal <= 2x), and the hub's subscriptions
-and tasks (`hub.status`) at the start and the end (they must not grow). Timings are reported, never asserted; the
-exit status is 1 only when a check fails (a dispatch refused, a process left running).
+process starts and ends a second as the machine allows), the other sessions connect, and
+`runner_status` is timed idle; then the runner is unfrozen and, for the soak's length, one
+more run is dispatched for each that ends, while `runner_status` is timed under load.
+Reported: the hub's RSS at the start and the end, the p99 of `runner_status` under load
+against idle (goal <= 2x) from the session that dispatches (it also receives every run's
+channel events) and from another session (the `other_` figures: what a second assistant sees
+while the fleet is busy), and the hub's subscriptions and tasks (`hub.status`) at the start
+and the end (they must not grow). Timings are reported, never asserted; the exit status is 1
+only when a check fails (a dispatch refused, a process left running).
 """
 
 from __future__ import annotations
@@ -126,14 +129,18 @@ def main() -> int:
             rss_start = hub.memory_info().rss / 2**20
             status = hub_status(env)
             subs_start, tasks_start = len(status["subscribers"]), status["tasks"]
+            observer = clients[1] if len(clients) > 1 else main_session
             idle = timed_status(main_session, 500)  # as many as p99 needs to mean something
+            idle_other = timed_status(observer, 500)
             log(f"soaking {seconds:g}s")
             main_session.call_tool("runner_start", {})
             load: list[float] = []
+            load_other: list[float] = []
             dispatched = queued
             deadline = time.monotonic() + seconds
             while time.monotonic() < deadline:
                 load += timed_status(main_session, 5)
+                load_other += timed_status(observer, 5)
                 done = main_session.call_tool("runner_status", {"limit": 0})
                 ended = done["result"]["structuredContent"]["completed"]
                 top_up = max(0, min(200, ended + queued - dispatched))
@@ -173,6 +180,9 @@ def main() -> int:
         "status_p99_idle_ms": percentile(idle, 99),
         "status_p99_load_ms": percentile(load, 99),
         "status_p99_ratio": percentile(load, 99) / percentile(idle, 99),
+        "other_p99_idle_ms": percentile(idle_other, 99),
+        "other_p99_load_ms": percentile(load_other, 99),
+        "other_p99_ratio": percentile(load_other, 99) / percentile(idle_other, 99),
         "subscriptions_start": subs_start,
         "subscriptions_end": subs_end,
         "tasks_start": tasks_start,

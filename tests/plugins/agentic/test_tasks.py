@@ -427,3 +427,80 @@ async def test_without_the_runner_agentic_refuses_clearly(home: Path) -> None:
         with pytest.raises(Refused) as e:
             await hub.bus.perform("agentic.status", {})
         assert "needs the runner plugin" in e.value.message
+
+
+async def test_dispatched_and_claimed_are_announced(home: Path, source_repo: Path) -> None:
+    async with runner_hub(home, agentic=QUICK) as hub:
+        watch = Watch(hub, ["agentic.*"])
+        task = await dispatch(hub, source_repo, "echo hi")
+        for topic in ("agentic.task_dispatched", "agentic.task_claimed"):
+            found = await watch.wait(lambda e, t=topic: e.topic == t)
+            assert found.message.task_id == task.task_id and found.context.origin == ORIGIN
+        assert await until_ended(watch, task.task_id) == "completed"
+
+
+async def test_a_usage_limit_makes_the_task_wait_without_counting_a_retry(
+    home: Path, source_repo: Path
+) -> None:
+    async with runner_hub(home, agentic=QUICK) as hub:
+        watch = Watch(hub, ["agentic.*"])
+        task = await dispatch(hub, source_repo, "limit", max_retries=0)
+        waiting = await watch.wait(
+            lambda e: e.topic == "agentic.retry_scheduled" and e.message.payload.get("usage_limit")
+        )
+        assert "usage limit" in waiting.message.reason
+        info = await status(hub, task.task_id)
+        assert info.status == "pending" and info.retries == 0  # not dead-lettered
+        await hub.bus.perform("agentic.cancel", {"task_id": task.task_id})
+
+
+async def test_a_dry_run_builds_the_prompt_and_creates_nothing(
+    home: Path, source_repo: Path
+) -> None:
+    async with runner_hub(home, agentic=QUICK) as hub:
+        dry = await dispatch(hub, source_repo, "fix the bug", dry_run=True)
+        assert dry.prompt is not None and dry.prompt.startswith("fix the bug")
+        assert "Language: Python" in dry.prompt and dry.branch in dry.prompt
+        assert (await hub.bus.perform("agentic.status", {})).tasks == []
+        assert workspaces(home) == []
+
+
+async def test_a_url_is_cloned_and_its_task_branch_kept_on_cleanup(
+    home: Path, source_repo: Path
+) -> None:
+    async with runner_hub(home, agentic=QUICK) as hub:
+        watch = Watch(hub, ["agentic.*"])
+        task = await dispatch(hub, f"file://{source_repo}", "write c.txt x; commit add c")
+        assert await until_ended(watch, task.task_id) == "completed"
+        info = await status(hub, task.task_id)
+        assert info.base == "main" and info.commits_ahead == 1
+        assert (Path(info.path) / ".git").is_dir()  # a clone, not a worktree
+        diff = await hub.bus.perform("agentic.diff", {"task_id": task.task_id})
+        assert [f.path for f in diff.files] == ["c.txt"]
+        with pytest.raises(Refused) as e:
+            await hub.bus.perform("agentic.merge", {"task_id": task.task_id})
+        assert "push its branch" in e.value.message
+        cleaned = await hub.bus.perform("agentic.cleanup", {"task_id": task.task_id})
+        assert not cleaned.cleaned[0].removed and "exist nowhere else" in cleaned.cleaned[0].reason
+        assert Path(info.path).is_dir()
+
+
+async def test_set_up_copies_files_in_and_a_failing_command_keeps_nothing(
+    home: Path, source_repo: Path
+) -> None:
+    (source_repo / ".env").write_text("SECRET=1\n")  # untracked: only a copy brings it
+    setup = {**QUICK, "setup": {"copy_files": [".env", "../escape"], "command": ["true"]}}
+    async with runner_hub(home, agentic=setup) as hub:
+        watch = Watch(hub, ["agentic.*"])
+        task = await dispatch(hub, source_repo, "echo hi")
+        assert await until_ended(watch, task.task_id) == "completed"
+        info = await status(hub, task.task_id)
+        assert (Path(info.path) / ".env").read_text() == "SECRET=1\n"
+    failing = {**QUICK, "setup": {"command": ["sh", "-c", "echo broken >&2; exit 3"]}}
+    async with runner_hub(home, agentic=failing) as hub:
+        before = len(workspaces(home))
+        with pytest.raises(Refused) as e:
+            await dispatch(hub, source_repo, "echo again")
+        assert "exited 3: broken" in e.value.message and "nothing was kept" in e.value.message
+        assert len(workspaces(home)) == before
+        assert len((await hub.bus.perform("agentic.status", {})).tasks) == 1
