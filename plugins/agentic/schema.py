@@ -64,7 +64,8 @@ def m0001_initial(db: Database) -> None:
             ended_at REAL,
             tokens INTEGER,
             cost_usd REAL,
-            question TEXT                     -- reported with agentic.report kind=question
+            question TEXT,                    -- reported with agentic.report kind=question
+            blocked_before TEXT               -- JSON: BLOCKED.md as it was at the start
         )
         """
     )

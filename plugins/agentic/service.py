@@ -22,6 +22,7 @@ and calls its actions.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import secrets
@@ -115,7 +116,6 @@ class Agentic:
         self.lock = anyio.Lock()  # task creation: one at a time (idempotency keys)
         self.settling: set[str] = set()  # run ids being settled
         self.wake = anyio.Event()
-        self.fingerprints: dict[str, worktree.Fingerprint] = {}  # run id -> BLOCKED.md before
         self.busy = False  # tasks pending or running: the hub must not exit idle
 
     # -- startup and the sweep ---------------------------------------------------------------
@@ -179,8 +179,7 @@ class Agentic:
         task = await self.tasks.by_run(run_id)
         if task is None or task["run_id"] != run_id:
             return
-        if await self.tasks.move(task["id"], ["pending"], reason=""):
-            await self.tasks.note(task["id"], status="running")
+        if await self.tasks.move(task["id"], ["pending"], status="running", reason=""):
             self.publish(TaskClaimed(task_id=task["id"], agent=task["agent"]), task)
 
     # -- dispatch ----------------------------------------------------------------------------
@@ -431,7 +430,6 @@ class Agentic:
                 raise
             await self.wait(task, f"the runner refused the run: {e.message}", now + 60, agent=agent)
             return self.answer(await self.fresh(task))
-        self.fingerprints[result.run_id] = before
         run = {
             "run_id": result.run_id,
             "task_id": task["id"],
@@ -440,6 +438,7 @@ class Agentic:
             "prompt_sha256": prompt.sha256(text),
             "status": result.status,
             "started_at": now,
+            "blocked_before": json.dumps(before),
         }
         status = "running" if result.status == "running" else "pending"
         await self.tasks.start_run(
@@ -552,7 +551,8 @@ class Agentic:
         if tokens or cost:
             await self.count_usage(task, task["agent"], tokens or 0, cost or 0.0, ctx)
         path = Path(task["path"]) if task["path"] else None
-        before = self.fingerprints.pop(run_id, None)
+        found = json.loads(run["blocked_before"] or "null")
+        before: worktree.Fingerprint = tuple(found) if found else None
         asked = question if status == "blocked" else None
         if path is not None and asked is None:
             asked = await anyio.to_thread.run_sync(worktree.take_question, self.root, path, before)

@@ -4,10 +4,12 @@ a temp git repository, an agent whose command commits a file."""
 from __future__ import annotations
 
 import json
+import signal
 from pathlib import Path
 from typing import Any
 
 from fleetbus.testing.gitrepo import git
+from fleetbus.testing.hub import hub_process
 from fleetbus.testing.processes import wait_for
 from fleetbus.testing.pytest_plugin import CLI
 
@@ -49,3 +51,32 @@ def test_a_bad_repo_path_is_one_line_and_creates_nothing(
     assert "Traceback" not in done.stderr
     assert call(cli, "agentic.status", {})["tasks"] == []
     assert not (home / "workspaces").exists() or not any((home / "workspaces").iterdir())
+
+
+def test_a_run_that_ends_while_the_hub_is_down_settles_its_task(
+    cli: CLI, source_repo: Path, home: Path, env: dict[str, str]
+) -> None:
+    """Nothing depends on a message arriving: the hub is SIGKILLed while a task's run
+    works, the run ends with no hub to hear it, and the next hub settles the task."""
+    with hub_process(home, env) as hub:
+        task = call(
+            cli,
+            "agentic.dispatch",
+            {
+                "repo": str(source_repo),
+                "agent": "fake",
+                "task": "wait gate.flag; write done.txt ok",
+            },
+        )
+        hub.send_signal(signal.SIGKILL)
+        hub.wait(10)
+    # the agent finishes with no hub running
+    (home / "workspaces" / task["workspace"] / "gate.flag").write_text("")
+
+    def state() -> Any:
+        return call(cli, "agentic.status", {"task_id": task["task_id"]})["tasks"][0]
+
+    assert wait_for(lambda: state()["status"] == "completed", 30), {
+        k: state()[k] for k in ("status", "reason", "runs", "log_tail")
+    }
+    assert "done.txt" in state()["files_changed"]  # its leftovers committed on the branch

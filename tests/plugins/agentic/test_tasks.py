@@ -205,17 +205,15 @@ async def test_the_same_idempotency_key_returns_the_same_task(
         assert len(listed.tasks) == 1
 
 
-async def test_cancel_kills_the_run_and_keeps_the_workspace(
-    home: Path, source_repo: Path, tmp_path: Path
-) -> None:
-    gate = tmp_path / "never"
+async def test_cancel_kills_the_run_and_keeps_the_workspace(home: Path, source_repo: Path) -> None:
     async with runner_hub(home, agentic=QUICK) as hub:
         watch = Watch(hub, ["agentic.*", "runner.*"])
-        task = await dispatch(hub, source_repo, f"wait {gate}")
+        task = await dispatch(hub, source_repo, "wait never.flag")
         await watch.started(task.run_id)
         state = await hub.bus.perform("agentic.cancel", {"task_id": task.task_id})
         assert state.status == "cancelled"
-        await watch.completed(task.run_id)
+        end = await watch.completed(task.run_id)
+        assert end.status == "cancelled"  # killed by the cancel, not ended on its own
         info = await status(hub, task.task_id)
         assert info.status == "cancelled" and Path(info.path).is_dir()
         with pytest.raises(Refused):
