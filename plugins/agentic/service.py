@@ -211,7 +211,7 @@ class Agentic:
                 await anyio.to_thread.run_sync(git.validate_branch, req.branch)
             except git.GitError as e:
                 raise fault(name, "branch", str(e)) from None
-        agent, waiting = self.choose(req.agent, req.labels, req.priority)
+        agent = self.choose(req.agent, req.labels, req.priority)
         base = req.base
         if base is None:
             try:
@@ -236,9 +236,9 @@ class Agentic:
                 task_id=task_id,
                 workspace=workspace,
                 branch=branch,
-                agent=agent or "",
+                agent=agent,
                 status="pending",
-                reason="dry run: nothing was created" + (f"; {waiting}" if waiting else ""),
+                reason="dry run: nothing was created",
                 prompt=text_prompt,
             )
         async with self.lock:
@@ -268,12 +268,12 @@ class Agentic:
                 "repo_kind": source.kind,
                 "task": text,
                 "prompt": self.first_prompt(text, source.location, branch, base, language),
-                "agent": agent or "",
+                "agent": req.agent or "",  # routed (with loads) when attempted
                 "model": req.model,
                 "labels": list(req.labels),
                 "priority": PRIORITY_RANK[req.priority],
                 "status": "pending",
-                "reason": waiting,
+                "reason": "",
                 "workspace": workspace,
                 "path": str(path),
                 "branch": branch,
@@ -285,15 +285,12 @@ class Agentic:
                 "idempotency_key": req.idempotency_key,
                 "origin": dict(ctx.origin),
                 "created_at": self.clock.now(),
-                "next_attempt": self.clock.now() if waiting else None,
+                "next_attempt": None,
             }
             await self.tasks.insert(row)
             self.busy = True
         task = await self.tasks.get(task_id)
         assert task is not None
-        if waiting:
-            self.publish(DispatchFailedNoAgent(task_id=task_id, reason=waiting), task, ctx)
-            return self.answer(task)
         try:
             return await self.attempt(task, ctx, first=True)
         except BusError:
@@ -352,9 +349,9 @@ class Agentic:
             return False
         return bool(argv) and which(argv[0], path_of(self.hub.env)) is not None
 
-    def choose(self, agent: str | None, labels: list[str], priority: str) -> tuple[str | None, str]:
-        """The agent named or routed, or (None, why it waits). Loads are counted when the
-        task is attempted; here only whether any agent could ever take it."""
+    def choose(self, agent: str | None, labels: list[str], priority: str) -> str:
+        """The agent named, checked, or the one routing would pick now (loads are counted
+        when the task is attempted). Labels no agent has are refused here."""
         name = "agentic.dispatch"
         if agent is not None:
             if agent not in self.agents:
@@ -363,13 +360,11 @@ class Agentic:
             missing = sorted(set(labels) - set(self.agents[agent].capabilities))
             if missing:
                 raise fault(name, "labels", f"agent {agent!r} lacks the capabilities {missing}")
-            return agent, ""
+            return agent
         try:
-            return route(labels, self.candidates(), critical=priority == "critical"), ""
-        except NoAgent as e:
-            if e.never:
-                raise fault(name, "labels", str(e)) from None
-            return None, str(e)
+            return route(labels, self.candidates(), critical=priority == "critical")
+        except NoAgent as e:  # with no loads counted only `never` can happen
+            raise fault(name, "labels", str(e)) from None
 
     async def route_now(self, task: Row) -> str:
         """Route a task at attempt time, with the loads as they are now."""

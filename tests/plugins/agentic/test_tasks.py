@@ -502,3 +502,23 @@ async def test_set_up_copies_files_in_and_a_failing_command_keeps_nothing(
         assert "exited 3: broken" in e.value.message and "nothing was kept" in e.value.message
         assert len(workspaces(home)) == before
         assert len((await hub.bus.perform("agentic.status", {})).tasks) == 1
+
+
+async def test_a_task_waits_while_every_capable_agent_is_at_its_max_load(
+    home: Path, source_repo: Path
+) -> None:
+    agents = {"solo": fake_agent(capabilities=["rare"])}
+    spec = {**QUICK, "agents": {"solo": {"max_load": 1}}}
+    async with runner_hub(home, agents=agents, agentic=spec) as hub:
+        watch = Watch(hub, ["agentic.*", "runner.*"])
+        first = await dispatch(hub, source_repo, "wait go.flag", agent=None, labels=["rare"])
+        assert first.agent == "solo" and first.status == "running"
+        second = await dispatch(hub, source_repo, "echo next", agent=None, labels=["rare"])
+        assert second.status == "pending" and "max load: solo (1/1)" in second.reason
+        failed = await watch.wait(lambda e: e.topic == "agentic.dispatch_failed_no_agent")
+        assert failed.message.task_id == second.task_id
+        info = await status(hub, first.task_id)
+        (Path(info.path) / "go.flag").write_text("")  # the first ends: the second goes
+        assert await until_ended(watch, first.task_id) == "completed"
+        assert await until_ended(watch, second.task_id) == "completed"
+        assert (await status(hub, second.task_id)).agent == "solo"
