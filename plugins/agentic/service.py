@@ -27,6 +27,7 @@ import logging
 import math
 import secrets
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -104,6 +105,22 @@ def task_event(task: Row, status: str, content: str, **extra: str) -> ChannelPus
     return ChannelPush(channel=CHANNEL, content=content, meta=meta)
 
 
+@dataclass(frozen=True)
+class RunEnd:
+    """How a run ended, from a `runner.run_completed` message or a `runner.status` row."""
+
+    run_id: str
+    status: str
+    exit_code: int | None
+    reason: str
+    usage: dict[str, Any] | None
+    question: str | None
+
+    @classmethod
+    def of(cls, run: Any) -> RunEnd:
+        return cls(run.run_id, run.status, run.exit_code, run.reason, run.usage, run.question)
+
+
 class Agentic:
     def __init__(self, hub: Hub) -> None:
         self.hub = hub
@@ -156,9 +173,7 @@ class Agentic:
         if run.status == "running" and task["status"] == "pending":
             await self.claimed(task["run_id"])
         elif run.status not in ("queued", "running"):
-            await self.settle(
-                run.run_id, run.status, run.exit_code, run.reason, run.usage, run.question
-            )
+            await self.settle(RunEnd.of(run))
 
     def context_of(self, task: Row) -> Context:
         return Context(caller=f"task:{task['id']}", origin=task["origin"] or {})
@@ -172,8 +187,7 @@ class Agentic:
         if topic == "runner.run_started":
             await self.claimed(run_id)
         elif topic == "runner.run_completed":
-            m: Any = message
-            await self.settle(m.run_id, m.status, m.exit_code, m.reason, m.usage, m.question)
+            await self.settle(RunEnd.of(message))
 
     async def claimed(self, run_id: str) -> None:
         task = await self.tasks.by_run(run_id)
@@ -503,34 +517,20 @@ class Agentic:
             await self.tasks.mark_warned(agent, day, fresh)
 
     # -- a run's end -------------------------------------------------------------------------
-    async def settle(
-        self,
-        run_id: str,
-        status: str,
-        exit_code: int | None,
-        reason: str,
-        usage: dict[str, Any] | None,
-        question: str | None,
-    ) -> None:
+    async def settle(self, end: RunEnd) -> None:
         """Record how a task's run ended and move the task on. Runs once per run: a
         duplicate or stale end (the message and the sweep both saw it) changes nothing."""
-        if run_id in self.settling:
+        if end.run_id in self.settling:
             return
-        self.settling.add(run_id)
+        self.settling.add(end.run_id)
         try:
-            await self._settle(run_id, status, exit_code, reason, usage, question)
+            await self._settle(end)
         finally:
-            self.settling.discard(run_id)
+            self.settling.discard(end.run_id)
 
-    async def _settle(
-        self,
-        run_id: str,
-        status: str,
-        exit_code: int | None,
-        reason: str,
-        usage: dict[str, Any] | None,
-        question: str | None,
-    ) -> None:
+    async def _settle(self, end: RunEnd) -> None:
+        run_id, status, exit_code, reason = end.run_id, end.status, end.exit_code, end.reason
+        usage, question = end.usage, end.question
         task = await self.tasks.by_run(run_id)
         if task is None or task["run_id"] != run_id or task["status"] not in ACTIVE:
             return

@@ -41,7 +41,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from common import BenchError, leftovers, log, no_nan
+from common import BenchError, aligned, leftovers, log, no_nan
 
 from fleetbus.plugins.agentic import git
 
@@ -243,16 +243,7 @@ def table(results: list[Result]) -> str:
                 met,
             )
         )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
-    lines = [
-        "  ".join(
-            c.ljust(w) if i == 0 else c.rjust(w)
-            for i, (c, w) in enumerate(zip(row, widths, strict=True))
-        )
-        for row in rows
-    ]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
+    return aligned(rows)
 
 
 def invalid(problem: str) -> list[Result]:

@@ -45,7 +45,7 @@ import anyio
 import anyio.abc
 import pluggy
 from anyio.streams.buffered import BufferedByteReceiveStream
-from common import BenchError, log, no_nan, percentile
+from common import BenchError, aligned, log, no_nan, percentile
 from pydantic import BaseModel
 
 from fleetbus.bus.actions import make_spec
@@ -489,16 +489,7 @@ def table(results: list[Result]) -> str:
                 met,
             )
         )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
-    lines = [
-        "  ".join(
-            c.ljust(w) if i == 0 else c.rjust(w)
-            for i, (c, w) in enumerate(zip(row, widths, strict=True))
-        )
-        for row in rows
-    ]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
+    return aligned(rows)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -59,7 +59,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-from common import BenchError, leftovers, log, no_nan, percentile
+from common import BenchError, aligned, leftovers, log, no_nan, percentile
 from mcp import ClientSession, StdioServerParameters, stdio_client
 from mcp.client import NotificationBinding
 from pydantic import BaseModel
@@ -702,16 +702,7 @@ def table(results: list[Result]) -> str:
                 met,
             )
         )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
-    lines = [
-        "  ".join(
-            c.ljust(w) if i == 0 else c.rjust(w)
-            for i, (c, w) in enumerate(zip(row, widths, strict=True))
-        )
-        for row in rows
-    ]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
+    return aligned(rows)
 
 
 def notes(results: list[Result], info: dict[str, Any]) -> list[str]:

@@ -63,7 +63,7 @@ from typing import Any
 
 import anyio
 import anyio.abc
-from common import BenchError, leftovers, log, no_nan, percentile
+from common import BenchError, aligned, leftovers, log, no_nan, percentile
 
 from fleetbus.bus.hub import Hub
 from fleetbus.bus.messages import Envelope
@@ -916,16 +916,7 @@ def table(results: list[Result]) -> str:
                 met,
             )
         )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
-    lines = [
-        "  ".join(
-            c.ljust(w) if i == 0 else c.rjust(w)
-            for i, (c, w) in enumerate(zip(row, widths, strict=True))
-        )
-        for row in rows
-    ]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
+    return aligned(rows)
 
 
 def details(results: list[Result]) -> list[str]:

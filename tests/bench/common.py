@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 import os
 import sys
+from collections.abc import Sequence
 from contextlib import suppress
 from pathlib import Path
 from typing import Any
@@ -56,3 +57,18 @@ def leftovers(root: Path) -> list[str]:
             with suppress(psutil.Error):
                 proc.kill()
     return found
+
+
+def aligned(rows: Sequence[Sequence[str]]) -> str:
+    """A text table: the first row a header, ruled off; the first column left-aligned, the
+    others right-aligned."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = [
+        "  ".join(
+            c.ljust(w) if i == 0 else c.rjust(w)
+            for i, (c, w) in enumerate(zip(row, widths, strict=True))
+        )
+        for row in rows
+    ]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)

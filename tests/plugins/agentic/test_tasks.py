@@ -15,7 +15,7 @@ from fleetbus.bus import Context, InvalidInput, Refused
 from fleetbus.bus.hub import Hub
 from fleetbus.testing.gitrepo import git
 from fleetbus.testing.hub import embedded_hub, isolated_env
-from fleetbus.testing.runner import ORIGIN, WAIT, Clock, Watch, fake_agent, runner_hub
+from fleetbus.testing.runner import ORIGIN, WAIT, Clock, Watch, fake_agent, on, runner_hub
 
 pytestmark = pytest.mark.anyio
 
@@ -432,7 +432,7 @@ async def test_dispatched_and_claimed_are_announced(home: Path, source_repo: Pat
         watch = Watch(hub, ["agentic.*"])
         task = await dispatch(hub, source_repo, "echo hi")
         for topic in ("agentic.task_dispatched", "agentic.task_claimed"):
-            found = await watch.wait(lambda e, t=topic: e.topic == t)
+            found = await watch.wait(on(topic))
             assert found.message.task_id == task.task_id and found.context.origin == ORIGIN
         assert await until_ended(watch, task.task_id) == "completed"
 
