@@ -22,6 +22,7 @@ from fleetbus.bus.hub import Hub
 from fleetbus.bus.store import MigrationsRegistrar
 from fleetbus.bus.subscribers import SubscriberRegistrar
 
+from . import review, views
 from .config import AGENTIC
 from .models import (
     CleanupInput,
@@ -91,7 +92,7 @@ def register_actions(register: ActionRegistrar, hub: Hub) -> None:
     async def status(req: TaskQuery) -> TaskList:
         """Tasks with their runs, question, usage, retries, branch, commits ahead of base,
         files changed (committed and not) and the end of the latest run's output."""
-        return await agentic_of(hub).status(req)
+        return await views.task_list(agentic_of(hub), req)
 
     @register("agentic.resume", exposed=True)
     async def resume(req: ResumeTask, ctx: Context) -> DispatchedTask:
@@ -108,20 +109,20 @@ def register_actions(register: ActionRegistrar, hub: Hub) -> None:
     async def diff(req: DiffQuery) -> DiffResult:
         """The task branch against its base: commits, files with lines added and removed,
         and the patch (cut at 200 KB, with a note)."""
-        return await agentic_of(hub).diff(req)
+        return await review.diff(agentic_of(hub), req)
 
     @register("agentic.merge", exposed=True)
-    async def merge(req: MergeTask, ctx: Context) -> MergeResult:
+    async def merge(req: MergeTask) -> MergeResult:
         """Merge the task branch into its base in the source repository (ff, merge or
         squash); a conflict or a dirty base is refused naming the files, nothing changed."""
-        return await agentic_of(hub).merge(req, ctx)
+        return await review.merge(agentic_of(hub), req)
 
     @register("agentic.cleanup", exposed=True, destructive=True)
     async def cleanup(req: CleanupInput) -> CleanupResult:
         """Remove finished tasks' workspaces (one task, or those ended more than
         older_than_days ago, 7 by default), never losing work: uncommitted changes are
         committed to salvage/<task-slug> first and task branches stay."""
-        return await agentic_of(hub).cleanup(req)
+        return await review.cleanup(agentic_of(hub), req)
 
     @register("agentic.report", exposed=True)
     async def report(req: Report) -> Reported:

@@ -11,6 +11,7 @@ from fleetbus.bus import Message
 Priority = Literal["critical", "high", "medium", "low"]
 TaskStatus = Literal["pending", "running", "blocked", "completed", "failed", "cancelled", "timeout"]
 FINAL = ("completed", "failed", "cancelled", "timeout")
+ACTIVE = ("pending", "running")  # a task whose run is queued or running
 PRIORITY_RANK: dict[str, int] = {"critical": 0, "high": 1, "medium": 2, "low": 3}
 RANK_PRIORITY: dict[int, Priority] = {0: "critical", 1: "high", 2: "medium", 3: "low"}
 

@@ -39,28 +39,20 @@ from fleetbus.bus.errors import BusError
 from fleetbus.bus.hub import Hub
 from fleetbus.plugins.runner.clock import clock_for
 from fleetbus.plugins.runner.config import AGENTS, DISPATCH
-from fleetbus.plugins.runner.processes import tail
 from fleetbus.plugins.runner.validation import path_of, which
 from fleetbus.plugins.runner.workspaces import BadWorkspace, normalize
 
 from . import allowance, git, prompt, worktree
 from .config import AGENTIC, AgentPolicy
 from .models import (
+    ACTIVE,
     FINAL,
     PRIORITY_RANK,
     RANK_PRIORITY,
-    Cleaned,
-    CleanupInput,
-    CleanupResult,
-    DiffQuery,
-    DiffResult,
     DispatchedTask,
     DispatchFailedNoAgent,
     DispatchFailedQuota,
     DispatchTask,
-    FileStat,
-    MergeResult,
-    MergeTask,
     QuotaExceeded,
     QuotaWarning,
     Report,
@@ -71,21 +63,16 @@ from .models import (
     TaskDeadLettered,
     TaskDispatched,
     TaskEnded,
-    TaskInfo,
-    TaskList,
-    TaskQuery,
-    TaskRun,
     TaskState,
     UsageRecorded,
 )
 from .router import Candidate, NoAgent, Registry, route
 from .tasks import Row, TaskStore
+from .views import answer
 
 log = logging.getLogger("fleetbus.agentic")
 
 CHANNEL = "agent.task"
-LOG_TAIL = 2000
-ACTIVE = ("pending", "running")
 
 
 def fault(action: str, field: str, message: str) -> InvalidInput:
@@ -215,7 +202,7 @@ class Agentic:
         if req.idempotency_key is not None:
             existing = await self.tasks.by_key(req.idempotency_key)
             if existing is not None:
-                return self.answer(existing)
+                return answer(existing)
         try:
             source = await anyio.to_thread.run_sync(git.source_of, req.repo)
         except git.GitError as e:
@@ -259,7 +246,7 @@ class Agentic:
             if req.idempotency_key is not None:
                 existing = await self.tasks.by_key(req.idempotency_key)
                 if existing is not None:
-                    return self.answer(existing)
+                    return answer(existing)
             try:
                 prepared = await anyio.to_thread.run_sync(
                     git.prepare_workspace, source, path, branch, base
@@ -406,14 +393,14 @@ class Agentic:
         except NoAgent as e:
             await self.wait(task, str(e), now + self.spec.sweep_s)
             self.publish(DispatchFailedNoAgent(task_id=task["id"], reason=str(e)), task, ctx)
-            return self.answer(await self.fresh(task))
+            return answer(await self.fresh(task))
         verdict = await self.allowed(task, agent, ctx)
         if not verdict.allowed:
             later = verdict.retry_at or now + self.spec.sweep_s
             await self.wait(task, verdict.reason, later, agent=agent)
             event = DispatchFailedQuota(task_id=task["id"], agent=agent, reason=verdict.reason)
             self.publish(event, task, ctx)
-            return self.answer(await self.fresh(task))
+            return answer(await self.fresh(task))
         runs = await self.tasks.runs_of(task["id"])
         attempt = len(runs) + 1
         text = task["prompt"]
@@ -438,7 +425,7 @@ class Agentic:
             if first:
                 raise
             await self.wait(task, f"the runner refused the run: {e.message}", now + 60, agent=agent)
-            return self.answer(await self.fresh(task))
+            return answer(await self.fresh(task))
         run = {
             "run_id": result.run_id,
             "task_id": task["id"],
@@ -469,7 +456,7 @@ class Agentic:
         )
         if status == "running":
             self.publish(TaskClaimed(task_id=task["id"], agent=agent), fresh, ctx)
-        return self.answer(fresh)
+        return answer(fresh)
 
     async def wait(self, task: Row, reason: str, until: float, **fields: Any) -> None:
         await self.tasks.move(
@@ -728,208 +715,6 @@ class Agentic:
             await self.tasks.end_run(req.run_id, question=text[: worktree.MAX_QUESTION])
         await self.tasks.note(task["id"], progress=f"{req.kind}: {text[:2000]}")
         return Reported(task_id=task["id"], kind=req.kind)
-
-    # -- status ------------------------------------------------------------------------------
-    async def status(self, req: TaskQuery) -> TaskList:
-        rows, counts = await self.tasks.listing(
-            task_id=req.task_id, workspace=req.workspace, status=req.status, limit=req.limit
-        )
-        return TaskList(tasks=[await self.info(row) for row in rows], counts=counts)
-
-    async def info(self, task: Row) -> TaskInfo:
-        runs = await self.tasks.runs_of(task["id"])
-        tokens, cost = await self.tasks.totals(task["id"])
-        ahead: git.Ahead | None = None
-        uncommitted = task["uncommitted"]
-        path = Path(task["path"]) if task["path"] else None
-        if path is not None:
-            try:
-                ahead, state = await anyio.to_thread.run_sync(self.look, path, task["base"])
-                uncommitted = state.uncommitted
-            except git.GitError:
-                ahead = None
-        log_tail = ""
-        if task["run_id"]:
-            try:
-                found = await self.hub.bus.perform("runner.status", {"run_id": task["run_id"]})
-                if found.runs and found.runs[0].log:
-                    log_tail = await anyio.to_thread.run_sync(
-                        tail, Path(found.runs[0].log), LOG_TAIL
-                    )
-            except BusError:
-                pass
-        return TaskInfo(
-            task_id=task["id"],
-            repo=task["repo"],
-            task=task["task"],
-            agent=task["agent"],
-            model=task["model"],
-            labels=task["labels"],
-            priority=RANK_PRIORITY[task["priority"]],
-            status=task["status"],
-            reason=task["reason"],
-            workspace=task["workspace"],
-            path=task["path"],
-            branch=task["branch"],
-            base=task["base"],
-            retries=task["retries"],
-            max_retries=task["max_retries"],
-            next_attempt_at=task["next_attempt"],
-            question=task["question"],
-            answer=task["answer"],
-            progress=task["progress"],
-            tokens=tokens,
-            cost_usd=cost,
-            commits_ahead=len(ahead.commits) if ahead else None,
-            files_changed=[f.path for f in ahead.files] if ahead else [],
-            uncommitted=uncommitted,
-            log_tail=log_tail,
-            created_at=task["created_at"],
-            ended_at=task["ended_at"],
-            merged=task["merged"],
-            runs=[
-                TaskRun(
-                    run_id=r["run_id"],
-                    attempt=r["attempt"],
-                    status=r["status"],
-                    exit_code=r["exit_code"],
-                    started_at=r["started_at"],
-                    ended_at=r["ended_at"],
-                    prompt_sha256=r["prompt_sha256"],
-                    tokens=r["tokens"],
-                    cost_usd=r["cost_usd"],
-                )
-                for r in runs
-            ],
-        )
-
-    def look(self, path: Path, base: str) -> tuple[git.Ahead, git.WorkState]:
-        if not worktree.inside(self.root, path) or not path.is_dir():
-            raise git.GitError(f"workspace {path} is gone")
-        return git.ahead(path, base), git.work_state(path)
-
-    def answer(self, task: Row) -> DispatchedTask:
-        return DispatchedTask(
-            task_id=task["id"],
-            workspace=task["workspace"],
-            branch=task["branch"],
-            agent=task["agent"],
-            status=task["status"],
-            reason=task["reason"],
-            run_id=task["run_id"],
-        )
-
-    # -- diff, merge, cleanup ----------------------------------------------------------------
-    def where(self, task: Row) -> Path:
-        """Where the task's branch can be read: the source repository for a local one (its
-        worktree shares the refs), else its clone."""
-        if task["repo_kind"] == "local":
-            return Path(task["repo"])
-        if not task["path"]:
-            raise Refused(f"task {task['id']}'s clone was cleaned up; its branch went with it")
-        return Path(task["path"])
-
-    async def diff(self, req: DiffQuery) -> DiffResult:
-        task = await self.need(req.task_id, "agentic.diff")
-        where = self.where(task)
-
-        def read() -> tuple[git.Ahead, git.Diff]:
-            return (
-                git.ahead(where, task["base"], task["branch"]),
-                git.diff(where, task["base"], task["branch"], stat_only=req.stat_only),
-            )
-
-        try:
-            ahead, found = await anyio.to_thread.run_sync(read)
-        except git.GitError as e:
-            raise Refused(f"agentic.diff: {e}") from None
-        return DiffResult(
-            task_id=task["id"],
-            branch=task["branch"],
-            base=task["base"],
-            commits=[{"sha": c.sha, "subject": c.subject} for c in ahead.commits],
-            files=[FileStat(path=f.path, added=f.added, removed=f.removed) for f in found.files],
-            patch=found.patch,
-            truncated=found.truncated,
-            note=found.note,
-        )
-
-    async def merge(self, req: MergeTask, ctx: Context) -> MergeResult:
-        task = await self.need(req.task_id, "agentic.merge")
-        if task["repo_kind"] != "local":
-            raise Refused(
-                f"agentic.merge: task {task['id']} works in a clone of {task['repo']}: push its "
-                f"branch {task['branch']} and merge it there"
-            )
-        if task["status"] in ACTIVE:
-            raise Refused(f"agentic.merge: task {task['id']} is still {task['status']}")
-        message = f"Merge {task['branch']} (fleetbus task {task['id']})\n\n{task['task'][:500]}"
-        try:
-            merged = await anyio.to_thread.run_sync(
-                git.merge, Path(task["repo"]), task["base"], task["branch"], req.strategy, message
-            )
-        except git.GitError as e:
-            raise Refused(f"agentic.merge: {e}") from None
-        await self.tasks.note(task["id"], merged=f"{merged.strategy}:{merged.commit}")
-        return MergeResult(
-            task_id=task["id"],
-            base=merged.base,
-            branch=task["branch"],
-            strategy=merged.strategy,
-            commit=merged.commit,
-        )
-
-    async def cleanup(self, req: CleanupInput) -> CleanupResult:
-        if req.task_id is not None:
-            task = await self.need(req.task_id, "agentic.cleanup")
-            if task["status"] not in FINAL:
-                raise Refused(
-                    f"agentic.cleanup: task {task['id']} is {task['status']}: cancel it first, "
-                    "or wait for it to end"
-                )
-            rows = [task] if task["path"] else []
-        else:
-            days = req.older_than_days if req.older_than_days is not None else 7.0
-            rows = await self.tasks.finished(self.clock.now() - days * 86400)
-        cleaned, freed = [], 0
-        for task in rows:
-            result, size = await anyio.to_thread.run_sync(self.clean_one, task)
-            if result.removed:
-                await self.tasks.note(task["id"], path=None)
-            freed += size
-            cleaned.append(result)
-        return CleanupResult(cleaned=cleaned, bytes_freed=freed)
-
-    def clean_one(self, task: Row) -> tuple[Cleaned, int]:
-        """Salvage, then remove one task's workspace (in a thread). Work that exists
-        nowhere else is never removed: uncommitted changes go to `salvage/<slug>` first,
-        the task branch stays, and a clone holding unpushed commits is kept."""
-        path = Path(task["path"])
-        slug = task["workspace"].rsplit("/", 1)[-1]
-        base = {"task_id": task["id"], "workspace": task["workspace"]}
-        if not path.exists():
-            return Cleaned(**base, removed=True, salvaged=None, reason="already gone"), 0
-        if not worktree.inside(self.root, path):
-            return Cleaned(**base, removed=False, salvaged=None, reason="outside the root: kept"), 0
-        salvaged = None
-        try:
-            worktree.drop_answer(path)
-            salvaged = git.salvage(path, slug, f"fleetbus: salvage of task {task['id']}")
-            size = git.dir_size(path)
-            if task["repo_kind"] == "local":
-                git.remove_worktree(Path(task["repo"]), path)
-            else:
-                if git.ahead(path, f"origin/{task['base']}").commits:
-                    reason = (
-                        "kept: the clone holds commits that exist nowhere else; push "
-                        f"{task['branch']}, then clean up"
-                    )
-                    return Cleaned(**base, removed=False, salvaged=salvaged, reason=reason), 0
-                git.remove_clone(path)
-        except git.GitError as e:
-            return Cleaned(**base, removed=False, salvaged=salvaged, reason=f"kept: {e}"), 0
-        reason = "removed" + (f"; uncommitted work saved on {salvaged}" if salvaged else "")
-        return Cleaned(**base, removed=True, salvaged=salvaged, reason=reason), size
 
 
 def usage_of(usage: dict[str, Any] | None) -> tuple[int | None, float | None]:
