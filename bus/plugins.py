@@ -36,6 +36,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "fleetbus.plugins.hub",
     "fleetbus.plugins.runner",
     "fleetbus.plugins.agentic",
+    "fleetbus.plugins.sync",
     "fleetbus.server.mcp_host",
 )
 HOOK_NAMES = frozenset(

@@ -72,9 +72,10 @@ async def runner_hub(
     clock: Callable[[], float] | None = None,
     env: dict[str, str] | None = None,
     agentic: dict[str, Any] | None = None,
+    sync: dict[str, Any] | None = None,
 ) -> AsyncIterator[Hub]:
     """An embedded hub with the built-in agents plus `agents`, `dispatch` settings and the
-    `agentic` section.
+    `agentic` and `sync` sections.
 
     Defaults that keep tests quick: kill_grace 2 s and no debounce (a test that wants
     them says so). On exit every run is killed and its process group checked gone.
@@ -86,6 +87,8 @@ async def runner_hub(
     manifest: dict[str, Any] = {"agents": agents or {}, "dispatch": spec}
     if agentic is not None:
         manifest["agentic"] = agentic
+    if sync is not None:
+        manifest["sync"] = sync
     config.write_text(yaml.safe_dump(manifest))
     hub_env = {**isolated_env(home, config=config), **(env or {})}
     kwargs: dict[str, Any] = {"wall_clock": clock} if clock is not None else {}

@@ -19,6 +19,7 @@ from typing import Any
 from fleetbus.bus import ConfigRegistrar, Context, Message, Refused, StashKey, hookimpl
 from fleetbus.bus.actions import ActionRegistrar
 from fleetbus.bus.hub import Hub
+from fleetbus.bus.queries import QueryRegistrar
 from fleetbus.bus.store import MigrationsRegistrar
 from fleetbus.bus.subscribers import SubscriberRegistrar
 
@@ -31,11 +32,13 @@ from .models import (
     DiffResult,
     DispatchedTask,
     DispatchTask,
+    FinishedTasks,
     MergeResult,
     MergeTask,
     Report,
     Reported,
     ResumeTask,
+    TaskInfo,
     TaskList,
     TaskQuery,
     TaskRef,
@@ -44,7 +47,7 @@ from .models import (
 from .schema import migrations
 from .service import Agentic
 
-__all__ = ["Agentic", "agentic_of"]
+__all__ = ["Agentic", "FinishedTasks", "agentic_of"]
 
 AGENTIC_SERVICE = StashKey[Agentic]()
 log = logging.getLogger("fleetbus.agentic")
@@ -129,6 +132,15 @@ def register_actions(register: ActionRegistrar, hub: Hub) -> None:
         """What an agent calls about its own run ($FLEETBUS_RUN_ID): progress, a question
         (the task blocks when the run ends) or done."""
         return await agentic_of(hub).report(req)
+
+
+@hookimpl
+def register_queries(register: QueryRegistrar, hub: Hub) -> None:
+    @register(FinishedTasks)
+    async def finished(q: FinishedTasks) -> list[TaskInfo]:
+        service = agentic_of(hub)
+        rows = await service.tasks.ended_since(q.since, max(1, min(q.limit, 10_000)))
+        return [await views.task_info(service, row) for row in rows]
 
 
 @hookimpl

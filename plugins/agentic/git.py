@@ -123,6 +123,9 @@ def _env(extra: dict[str, str] | None = None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in _REPO_VARS}
     env["GIT_TERMINAL_PROMPT"] = "0"
     env["LC_ALL"] = "C"
+    # a read (`status` while `agentic.status` looks) never takes index.lock, so it cannot
+    # make a commit running at the same moment fail
+    env["GIT_OPTIONAL_LOCKS"] = "0"
     if extra:
         env.update(extra)
     return env

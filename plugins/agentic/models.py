@@ -6,7 +6,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from fleetbus.bus import Message
+from fleetbus.bus import Message, Query
 
 Priority = Literal["critical", "high", "medium", "low"]
 TaskStatus = Literal["pending", "running", "blocked", "completed", "failed", "cancelled", "timeout"]
@@ -109,6 +109,13 @@ class TaskInfo(BaseModel):
     ended_at: float | None
     merged: str | None = Field(description="The merge commit or strategy, once merged.")
     runs: list[TaskRun]
+
+
+class FinishedTasks(Query):
+    """Tasks that reached an end after `since` (epoch seconds), oldest end first."""
+
+    since: float = 0.0
+    limit: int = 1000
 
 
 class TaskList(BaseModel):

@@ -148,6 +148,19 @@ class TaskStore:
 
         return await self.store.read(read)
 
+    async def ended_since(self, since: float, limit: int) -> list[Row]:
+        """Tasks that reached an end after `since`, oldest end first."""
+
+        def read(db: Any) -> list[Row]:
+            rows = db.execute(
+                "SELECT * FROM tasks WHERE ended_at > ? AND status IN "
+                "('completed', 'failed', 'cancelled', 'timeout') ORDER BY ended_at, seq LIMIT ?",
+                [since, limit],
+            ).fetchall()
+            return [decode(dict(r)) for r in rows]
+
+        return await self.store.read(read)
+
     async def finished(self, ended_before: float | None) -> list[Row]:
         """Finished tasks whose workspace still exists, ended before `ended_before`."""
 

@@ -1,7 +1,7 @@
 """The `runner` service: agent processes, lanes, the persistent priority queue.
 
 Actions (all exposed as MCP tools): `runner.dispatch`, `runner.status`, `runner.start`,
-`runner.stop`, `runner.kill`, `runner.poke`. Query: `WorkspaceQuery`. Messages:
+`runner.stop`, `runner.kill`, `runner.poke`. Queries: `WorkspaceQuery`, `FinishedRuns`. Messages:
 `runner.run_queued`, `runner.run_started`, `runner.run_completed`,
 `runner.queue_drained`, `runner.rate_limit_detected`, and `channel` events on
 `agent.status` (each start and finish) and `fleet` (queue drained, rate limits).
@@ -21,8 +21,10 @@ from .config import AGENTS, DISPATCH
 from .models import (
     DispatchInput,
     DispatchResult,
+    FinishedRuns,
     KillInput,
     KillResult,
+    RunInfo,
     StateResult,
     StatusInput,
     StatusResult,
@@ -32,7 +34,7 @@ from .models import (
 from .schema import migrations
 from .service import Runner
 
-__all__ = ["Runner", "WorkspaceQuery", "runner_of"]
+__all__ = ["FinishedRuns", "Runner", "WorkspaceQuery", "runner_of"]
 
 RUNNER = StashKey[Runner]()
 
@@ -102,6 +104,10 @@ def register_queries(register: QueryRegistrar, hub: Hub) -> None:
     @register(WorkspaceQuery)
     async def workspaces(q: WorkspaceQuery) -> list[WorkspaceInfo]:
         return await runner_of(hub).workspaces(q)
+
+    @register(FinishedRuns)
+    async def finished(q: FinishedRuns) -> list[RunInfo]:
+        return await runner_of(hub).finished(q)
 
 
 @hookimpl

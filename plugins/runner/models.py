@@ -185,6 +185,14 @@ class WorkspaceQuery(Query):
     status: RunStatus | None = None
 
 
+class FinishedRuns(Query):
+    """Runs that ended after `since` (epoch seconds), oldest end first: for services that
+    report finished work (sync) and catch up after a restart."""
+
+    since: float = 0.0
+    limit: int = 1000
+
+
 class WorkspaceInfo(BaseModel):
     name: str
     path: str

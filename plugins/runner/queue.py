@@ -356,6 +356,18 @@ class RunQueue:
 
         return await self.store.read(read)
 
+    async def finished_since(self, since: float, limit: int) -> list[Row]:
+        """Runs that ended after `since`, oldest end first."""
+
+        def read(db: Any) -> list[Row]:
+            sql = (
+                f"SELECT {STATUS_COLUMNS} FROM runs WHERE ended_at > ? "
+                "AND status NOT IN ('queued', 'running') ORDER BY ended_at, seq LIMIT ?"
+            )
+            return [dict(r) for r in db.execute(sql, [since, limit])]
+
+        return await self.store.read(read)
+
     async def newest_per_workspace(self, workspace: str | None) -> list[Row]:
         """The newest run of each workspace (or of `workspace`): workspace, id, status, agent."""
 

@@ -31,8 +31,10 @@ from .models import (
     PRIORITIES,
     DispatchInput,
     DispatchResult,
+    FinishedRuns,
     KillInput,
     KillResult,
+    RunInfo,
     StateResult,
     StatusInput,
     StatusResult,
@@ -44,7 +46,7 @@ from .runs import ActiveRun, Ending, RunRef, new_run_id
 from .scheduler import Scheduler
 from .sessions import Enqueue, Merge, Prompt, Refuse, SessionPolicy, Start, Waiting
 from .state import RunnerState
-from .status import runner_status, workspaces
+from .status import run_info, runner_status, workspaces
 from .supervisor import Supervisor
 from .validation import Checked, agent_spec, check_dispatch, path_of, workspace_name
 from .workspaces import BadWorkspace, resolve
@@ -374,6 +376,10 @@ class Runner:
             why_queued=self.scheduler.why_queued,
             now=self.clock.now(),
         )
+
+    async def finished(self, q: FinishedRuns) -> list[RunInfo]:
+        rows = await self.queue.finished_since(q.since, max(1, min(q.limit, 10_000)))
+        return [run_info(r, r["reason"], r["pid"], r["question"]) for r in rows]
 
     async def workspaces(self, q: WorkspaceQuery) -> list[WorkspaceInfo]:
         name = workspace_name(q.name, self.root, "WorkspaceQuery", "name")

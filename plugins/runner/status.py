@@ -27,6 +27,28 @@ from .state import RunnerState
 STATUS_QUESTION_BYTES = 1024 * 1024
 
 
+def run_info(r: dict[str, Any], reason: str, pid: int | None, question: str | None) -> RunInfo:
+    """A run's row as `runner.status` shows it."""
+    return RunInfo(
+        run_id=r["id"],
+        workspace=r["workspace"],
+        agent=r["agent"],
+        model=r["model"],
+        priority=PRIORITY_NAMES[r["priority"]],
+        status=r["status"],
+        reason=reason,
+        pid=pid,
+        created_at=r["created_at"],
+        started_at=r["started_at"],
+        ended_at=r["ended_at"],
+        exit_code=r["exit_code"],
+        log=str(Path(r["run_dir"]) / "output.log") if r["run_dir"] else None,
+        usage=json.loads(r["usage"]) if r["usage"] else None,
+        question=question,
+        previous_run_id=r["previous_run"],
+    )
+
+
 async def runner_status(
     queue: RunQueue,
     state: RunnerState,
@@ -52,26 +74,8 @@ async def runner_status(
                     f"{questions.snippet(question)} "
                     f"(cut: ask runner.status for run {r['id']} alone)"
                 )
-        runs.append(
-            RunInfo(
-                run_id=r["id"],
-                workspace=r["workspace"],
-                agent=r["agent"],
-                model=r["model"],
-                priority=PRIORITY_NAMES[r["priority"]],
-                status=r["status"],
-                reason=why_queued(r) if r["status"] == "queued" else r["reason"],
-                pid=active.pid if active else r["pid"],
-                created_at=r["created_at"],
-                started_at=r["started_at"],
-                ended_at=r["ended_at"],
-                exit_code=r["exit_code"],
-                log=str(Path(r["run_dir"]) / "output.log") if r["run_dir"] else None,
-                usage=json.loads(r["usage"]) if r["usage"] else None,
-                question=question,
-                previous_run_id=r["previous_run"],
-            )
-        )
+        reason = why_queued(r) if r["status"] == "queued" else r["reason"]
+        runs.append(run_info(r, reason, active.pid if active else r["pid"], question))
     return StatusResult(
         running=counts.get("running", 0),
         queued=counts.get("queued", 0),

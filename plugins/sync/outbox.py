@@ -1,0 +1,201 @@
+"""Every SQL statement of the sync service.
+
+Records enter the outbox once per state (their fingerprint is unique); the head of line is
+the oldest batch, formed from the oldest queued records and kept, with its id as the
+Idempotency-Key, until it is sent or dropped, so a retry after any failure or restart
+sends the same records under the same key. Never touches another service's tables.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from dataclasses import dataclass
+from typing import Any
+
+from fleetbus.bus import Store, Tx
+
+
+@dataclass(frozen=True)
+class Batch:
+    id: str
+    attempts: int
+    next_attempt: float
+    records: list[dict[str, Any]]
+    created_at: float
+
+
+@dataclass(frozen=True)
+class Audit:
+    direction: str
+    outcome: str
+    agent_id: str
+    batch: str | None
+    attempts: int
+    reason: str
+    payload_bytes: int
+    items: int
+    at: float
+
+
+class Outbox:
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    async def add(self, items: list[tuple[str, dict[str, Any]]], now: float) -> int:
+        """Queue records by fingerprint; those seen before are skipped. How many were new."""
+
+        def write(tx: Tx) -> int:
+            added = 0
+            for fingerprint, record in items:
+                cursor = tx.execute(
+                    "INSERT OR IGNORE INTO outbox (fingerprint, record, state, created_at) "
+                    "VALUES (?, ?, 'queued', ?)",
+                    [fingerprint, json.dumps(record, sort_keys=True), now],
+                )
+                added += cursor.rowcount
+            return added
+
+        return await self.store.write(write)
+
+    async def head(self, size: int, now: float) -> Batch | None:
+        """The batch at the head of the line, formed from the oldest queued records when
+        none is open."""
+
+        def write(tx: Tx) -> Batch | None:
+            found = tx.execute(
+                "SELECT id, attempts, next_attempt, created_at FROM batches ORDER BY seq LIMIT 1"
+            ).fetchone()
+            if found is None:
+                rows = tx.execute(
+                    "SELECT seq FROM outbox WHERE state = 'queued' AND batch IS NULL "
+                    "ORDER BY seq LIMIT ?",
+                    [size],
+                ).fetchall()
+                if not rows:
+                    return None
+                batch_id = "b-" + secrets.token_hex(8)
+                seqs = [r[0] for r in rows]
+                marks = ", ".join("?" for _ in seqs)
+                tx.execute(f"UPDATE outbox SET batch = ? WHERE seq IN ({marks})", [batch_id, *seqs])
+                tx.execute(
+                    "INSERT INTO batches (id, seq, items, created_at) VALUES (?, ?, ?, ?)",
+                    [batch_id, seqs[0], len(seqs), now],
+                )
+                found = (batch_id, 0, 0.0, now)
+            batch_id, attempts, next_attempt, created_at = found
+            records = [
+                json.loads(r[0])
+                for r in tx.execute(
+                    "SELECT record FROM outbox WHERE batch = ? ORDER BY seq", [batch_id]
+                ).fetchall()
+            ]
+            return Batch(batch_id, attempts, next_attempt, records, created_at)
+
+        return await self.store.write(write)
+
+    async def settle(self, batch: Batch, state: str, audit: Audit | None) -> None:
+        """The batch was sent or dropped: its records leave the line, the audit records it."""
+
+        def write(tx: Tx) -> None:
+            tx.execute("UPDATE outbox SET state = ? WHERE batch = ?", [state, batch.id])
+            tx.execute("DELETE FROM batches WHERE id = ?", [batch.id])
+            if audit is not None:
+                record(tx, audit)
+            if state == "sent":
+                set_state(tx, "last_push_at", str(audit.at if audit else 0))
+                set_state(tx, "last_error", "")
+
+        await self.store.write(write)
+
+    async def retry_later(self, batch: Batch, attempts: int, at: float, error: str) -> None:
+        def write(tx: Tx) -> None:
+            tx.execute(
+                "UPDATE batches SET attempts = ?, next_attempt = ?, last_error = ? WHERE id = ?",
+                [attempts, at, error, batch.id],
+            )
+            set_state(tx, "last_error", error)
+
+        await self.store.write(write)
+
+    async def audit(self, entry: Audit) -> None:
+        await self.store.write(lambda tx: record(tx, entry))
+
+    async def records(self, limit: int) -> list[dict[str, Any]]:
+        def read(db: Any) -> list[dict[str, Any]]:
+            rows = db.execute("SELECT * FROM audit ORDER BY seq DESC LIMIT ?", [limit]).fetchall()
+            return [dict(r) for r in rows]
+
+        return await self.store.read(read)
+
+    async def summary(self) -> dict[str, Any]:
+        def read(db: Any) -> dict[str, Any]:
+            counts = dict(
+                db.execute("SELECT state, count(*) FROM outbox GROUP BY state").fetchall()
+            )
+            oldest = db.execute(
+                "SELECT min(created_at) FROM outbox WHERE state = 'queued'"
+            ).fetchone()[0]
+            head = db.execute(
+                "SELECT attempts, next_attempt, last_error FROM batches ORDER BY seq LIMIT 1"
+            ).fetchone()
+            state = dict(db.execute("SELECT key, value FROM state").fetchall())
+            return {"counts": counts, "oldest": oldest, "head": head, "state": state}
+
+        return await self.store.read(read)
+
+    async def get_state(self, key: str) -> str | None:
+        def read(db: Any) -> str | None:
+            found = db.execute("SELECT value FROM state WHERE key = ?", [key]).fetchone()
+            return str(found[0]) if found else None
+
+        return await self.store.read(read)
+
+    async def put_state(self, key: str, value: str) -> None:
+        await self.store.write(lambda tx: set_state(tx, key, value))
+
+    async def cache_context(self, agent_id: str, since: str | None, body: Any, at: float) -> None:
+        def write(tx: Tx) -> None:
+            tx.execute(
+                "INSERT INTO context (agent_id, since, body, fetched_at) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (agent_id) DO UPDATE SET since = excluded.since, "
+                "body = excluded.body, fetched_at = excluded.fetched_at",
+                [agent_id, since, json.dumps(body), at],
+            )
+
+        await self.store.write(write)
+
+    async def cached_context(self, agent_id: str) -> tuple[Any, float] | None:
+        def read(db: Any) -> tuple[Any, float] | None:
+            found = db.execute(
+                "SELECT body, fetched_at FROM context WHERE agent_id = ?", [agent_id]
+            ).fetchone()
+            return (json.loads(found[0]), float(found[1])) if found else None
+
+        return await self.store.read(read)
+
+
+def record(tx: Tx, entry: Audit) -> None:
+    tx.execute(
+        "INSERT INTO audit (direction, outcome, agent_id, batch, attempts, reason, "
+        "payload_bytes, items, at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        [
+            entry.direction,
+            entry.outcome,
+            entry.agent_id,
+            entry.batch,
+            entry.attempts,
+            entry.reason,
+            entry.payload_bytes,
+            entry.items,
+            entry.at,
+        ],
+    )
+
+
+def set_state(tx: Tx, key: str, value: str) -> None:
+    tx.execute(
+        "INSERT INTO state (key, value) VALUES (?, ?) "
+        "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        [key, value],
+    )

@@ -1,0 +1,326 @@
+"""Benchmark of the sync service's wire (`FleetAPI.push`) against a plain httpx2 loop, in the
+same run.
+
+Run it as a script (it is not a pytest test)::
+
+    python tests/bench/bench_sync.py            # full run: 3 rounds x 2 sides x 10,000 records
+    python tests/bench/bench_sync.py --quick    # smoke run: 3 rounds x 2 sides x 1,000 records
+    python tests/bench/bench_sync.py --json     # the results as JSON on stdout
+
+The records (finished runs, about 300 bytes of JSON each) are drained to a FakeFleetAPI on
+127.0.0.1 in batches of 100, one POST after the other:
+
+- baseline: one `httpx2.AsyncClient`, each batch encoded as compact JSON and POSTed with the
+  same headers FleetAPI sends (bearer, Idempotency-Key, Content-Type, User-Agent);
+- fleetbus: one `FleetAPI`, `push(agent, node, batch, key)` per batch, classification included.
+
+A side's figure is records per second (goal: fleetbus/baseline >= 0.8x). The server runs
+in the same process, so it shares the CPU with the client: both sides see the same server.
+Shared machines are noisy, so each round has a fresh server and both sides, in alternating
+order; a ratio is the median of the per-round ratios, a figure the median over rounds.
+Timings are reported, never asserted; the exit status is 1 only when a check fails: a batch
+not accepted exactly once per side, a body that differs between the sides, a server thread
+left running.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import anyio
+import httpx2
+from common import BenchError, aligned, log, no_nan
+
+from fleetbus.bus.version import version
+from fleetbus.plugins.sync.http import SYNC_PATH, FleetAPI
+from fleetbus.testing.fake_fleet_api import FakeFleetAPI
+
+GOAL = 0.8
+BATCH = 100
+TOKEN = "bench-token-0123456789"
+AGENT, NODE = "bench-agent", "bench-node"
+
+
+@dataclass(frozen=True)
+class Profile:
+    rounds: int
+    records: int
+
+
+FULL = Profile(rounds=3, records=10_000)
+QUICK = Profile(rounds=3, records=1_000)
+
+
+@dataclass
+class Result:
+    name: str
+    unit: str
+    goal: str  # e.g. ">= 0.8x"
+    baseline: float
+    fleetbus: float
+    ratio: float  # fleetbus / baseline, median of the per-round ratios
+    met: bool | None  # None: no goal (information)
+    valid: bool = True
+    problems: list[str] = field(default_factory=list)
+    rounds: dict[str, list[float]] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def make_records(n: int) -> list[dict[str, Any]]:
+    """`n` finished-run records, shaped like what the sync service sends."""
+    return [
+        {
+            "kind": "run",
+            "id": f"run-{i:06d}",
+            "task_id": f"task-{i // 3:06d}",
+            "agent": ("codex", "claude", "gemini")[i % 3],
+            "workspace": f"acme/app/task-{i // 3:06d}",
+            "status": "completed" if i % 7 else "failed",
+            "exit_code": 0 if i % 7 else 1,
+            "reason": "" if i % 7 else "exit status 1",
+            "queued_at": 1_760_000_000.0 + i,
+            "started_at": 1_760_000_001.5 + i,
+            "ended_at": 1_760_000_042.25 + i,
+            "usage": {"input_tokens": 1200 + i, "output_tokens": 340, "cost_usd": 0.0123},
+        }
+        for i in range(n)
+    ]
+
+
+def batches_of(records: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    return [records[i : i + BATCH] for i in range(0, len(records), BATCH)]
+
+
+async def baseline(url: str, batches: list[list[dict[str, Any]]], prefix: str) -> float:
+    """The batches POSTed by a plain httpx2 loop; seconds taken."""
+    headers = {
+        "Authorization": f"Bearer {TOKEN}",
+        "User-Agent": f"fleetbus/{version()}",
+        "Content-Type": "application/json",
+    }
+    async with httpx2.AsyncClient(timeout=10.0, follow_redirects=False) as client:
+        t0 = time.perf_counter()
+        for i, batch in enumerate(batches):
+            doc = {"agent_id": AGENT, "fleet_node_id": NODE, "dispatches": batch}
+            body = json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode()
+            response = await client.post(
+                f"{url}{SYNC_PATH}",
+                content=body,
+                headers={**headers, "Idempotency-Key": f"{prefix}{i}"},
+            )
+            if not response.is_success:
+                raise BenchError(f"baseline: batch {i} answered HTTP {response.status_code}")
+        return time.perf_counter() - t0
+
+
+async def fleetbus(url: str, batches: list[list[dict[str, Any]]], prefix: str) -> float:
+    """The batches pushed by FleetAPI; seconds taken."""
+    async with FleetAPI(url, TOKEN) as api:
+        t0 = time.perf_counter()
+        for i, batch in enumerate(batches):
+            outcome = await api.push(AGENT, NODE, batch, f"{prefix}{i}")
+            if outcome.kind != "sent":
+                raise BenchError(f"fleetbus: batch {i}: {outcome.kind}: {outcome.reason}")
+        return time.perf_counter() - t0
+
+
+Side = Callable[[str, list[list[dict[str, Any]]], str], Awaitable[float]]
+
+
+def check_delivery(fake: FakeFleetAPI, batches: list[list[dict[str, Any]]], r: int) -> None:
+    """Each side's batches were accepted exactly once, with the same bodies on both sides."""
+    accepted = fake.accepted()
+    problems = []
+    bodies: dict[str, list[Any]] = {}
+    for side in ("baseline", "fleetbus"):
+        prefix = f"r{r}-{side}-"
+        mine = [a for a in accepted if (a.idempotency_key or "").startswith(prefix)]
+        keys = [a.idempotency_key for a in mine]
+        wanted = [f"{prefix}{i}" for i in range(len(batches))]
+        if sorted(keys, key=str) != sorted(wanted) or any(a.duplicate for a in mine):
+            problems.append(
+                f"{side}: {len(set(keys))} distinct keys accepted in {len(keys)} answers, expected {len(wanted)} once each"
+            )
+        records = sum(len(a.body["dispatches"]) for a in mine if isinstance(a.body, dict))
+        if records != sum(map(len, batches)):
+            problems.append(
+                f"{side}: {records} records accepted, expected {sum(map(len, batches))}"
+            )
+        if any(a.authorization != f"Bearer {TOKEN}" for a in mine):
+            problems.append(f"{side}: a batch without the bearer token")
+        bodies[side] = [
+            a.body
+            for a in sorted(mine, key=lambda a: int(str(a.idempotency_key).rsplit("-", 1)[1]))
+        ]
+    if bodies["baseline"] != bodies["fleetbus"]:
+        problems.append("the two sides sent different bodies")
+    if len(accepted) != len(fake.received):
+        problems.append(f"{len(fake.received) - len(accepted)} requests not accepted")
+    if problems:
+        raise BenchError(f"round {r + 1}: {'; '.join(problems)}")
+
+
+async def bench_drain(profile: Profile) -> list[Result]:
+    batches = batches_of(make_records(profile.records))
+    n = profile.records
+    sides: dict[str, Side] = {"baseline": baseline, "fleetbus": fleetbus}
+
+    async def one_round(
+        r: int, order: tuple[str, ...], use: list[list[dict[str, Any]]]
+    ) -> dict[str, float]:
+        spent: dict[str, float] = {}
+        with FakeFleetAPI(token=TOKEN) as fake:
+            for side in order:
+                gc.collect()
+                spent[side] = await sides[side](fake.url, use, f"r{r}-{side}-")
+            check_delivery(fake, use, r)
+        return spent
+
+    await one_round(-1, ("baseline", "fleetbus"), batches[:5])  # warm up: imports, first connects
+    base: list[float] = []
+    subj: list[float] = []
+    for r in range(profile.rounds):
+        order = ("baseline", "fleetbus") if r % 2 == 0 else ("fleetbus", "baseline")
+        spent = await one_round(r, order, batches)
+        b, s = n / spent["baseline"], n / spent["fleetbus"]
+        base.append(b)
+        subj.append(s)
+        log(
+            f"  round {r + 1} ({order[0]} first): baseline {b:,.0f}/s, fleetbus {s:,.0f}/s ({s / b:.2f}x)"
+        )
+    ratio = statistics.median(s / b for b, s in zip(base, subj, strict=True))
+    size = len(
+        json.dumps(
+            {"agent_id": AGENT, "fleet_node_id": NODE, "dispatches": batches[0]},
+            separators=(",", ":"),
+        )
+    )
+    return [
+        Result(
+            name=f"drain {n:,} records in batches of {BATCH}",
+            unit="/s",
+            goal=f">= {GOAL:g}x",
+            baseline=statistics.median(base),
+            fleetbus=statistics.median(subj),
+            ratio=ratio,
+            met=ratio >= GOAL,
+            rounds={"baseline": base, "fleetbus": subj},
+            extra={
+                "records": n,
+                "batches": len(batches),
+                "batch_bytes": size,
+                "baseline_ms_per_batch": BATCH / statistics.median(base) * 1000,
+                "fleetbus_ms_per_batch": BATCH / statistics.median(subj) * 1000,
+            },
+        )
+    ]
+
+
+def server_threads() -> list[str]:
+    return [t.name for t in threading.enumerate() if t.name.startswith("fake-fleet-api:")]
+
+
+# -- report ------------------------------------------------------------------------------------
+def fmt(value: float, unit: str) -> str:
+    return "-" if math.isnan(value) else f"{value:,.0f}{unit}"
+
+
+def table(results: list[Result]) -> str:
+    rows = [("name", "baseline", "fleetbus", "ratio", "goal", "met?")]
+    for r in results:
+        met = "INVALID" if not r.valid else ("-" if r.met is None else ("yes" if r.met else "NO"))
+        ratio = "-" if math.isnan(r.ratio) else f"{r.ratio:.2f}x"
+        rows.append((r.name, fmt(r.baseline, r.unit), fmt(r.fleetbus, r.unit), ratio, r.goal, met))
+    return aligned(rows)
+
+
+def invalid(problem: str) -> list[Result]:
+    return [
+        Result(
+            "drain records",
+            "/s",
+            f">= {GOAL:g}x",
+            math.nan,
+            math.nan,
+            math.nan,
+            False,
+            False,
+            [problem],
+        )
+    ]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="small counts (CI smoke run)")
+    parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    parser.add_argument("--rounds", type=int, default=None, help="override the round count")
+    parser.add_argument("--records", type=int, default=None, help="override the record count")
+    args = parser.parse_args(argv)
+    profile = QUICK if args.quick else FULL
+    if args.rounds:
+        profile = Profile(**{**asdict(profile), "rounds": args.rounds})
+    if args.records:
+        profile = Profile(**{**asdict(profile), "records": args.records})
+
+    started = time.perf_counter()
+    log("bench drain ...")
+    try:
+        results = anyio.run(bench_drain, profile)
+    except (BenchError, httpx2.HTTPError) as e:
+        results = invalid(f"{type(e).__name__}: {e}")
+    left = server_threads()
+    if left:
+        for r in results:
+            r.valid, r.met = False, False
+            r.problems.append(f"server threads still running after the bench: {left[:5]}")
+    elapsed = time.perf_counter() - started
+    verdicts = ", ".join(f"{r.ratio:.2f}x" if r.valid else "INVALID" for r in results)
+    log(f"bench drain: {verdicts} in {elapsed:.1f}s")
+
+    if args.json:
+        doc = {
+            "profile": "quick" if args.quick else "full",
+            "settings": {**asdict(profile), "batch": BATCH},
+            "python": platform.python_version(),
+            "httpx2": httpx2.__version__,
+            "cpus": os.cpu_count(),
+            "elapsed_s": round(elapsed, 2),
+            "ratio": "median of per-round fleetbus/baseline ratios (records per second)",
+            "results": [asdict(r) for r in results],
+        }
+        print(json.dumps(no_nan(doc), indent=2))
+    else:
+        print(table(results))
+        for r in results:
+            x = r.extra
+            if "batches" in x:
+                print(
+                    f"{r.name}: {x['batches']} POSTs of {x['batch_bytes']:,} bytes per side and "
+                    f"round; per batch baseline {x['baseline_ms_per_batch']:.2f}ms, fleetbus "
+                    f"{x['fleetbus_ms_per_batch']:.2f}ms"
+                )
+            for problem in r.problems:
+                print(f"{r.name}: INVALID: {problem}")
+        print(
+            f"({profile.rounds} rounds, sides alternating; ratio = median of per-round ratios; "
+            f"python {platform.python_version()}; httpx2 {httpx2.__version__}; "
+            f"{os.cpu_count()} CPUs; {elapsed:.1f}s)"
+        )
+    return 0 if all(r.valid for r in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
