@@ -177,16 +177,27 @@ class Store:
             for message, context in tx.messages:
                 self._publish(message, context)
 
-    async def write(self, fn: Callable[[Tx], T]) -> T:
+    async def write(self, fn: Callable[[Tx], T], *, durable: bool = True) -> T:
         """Run `fn(tx)` in one `BEGIN IMMEDIATE` transaction on the store's thread.
 
         Messages `fn` queued with `tx.publish` are published after the commit. A
         cancellation waits for the transaction to finish: a write is never half-done.
+        `durable=False` commits without waiting for the disk (`synchronous=NORMAL` for
+        this one transaction): it is atomic and stays consistent, but a power loss may
+        undo it until the next durable commit. Only for writes whose loss is harmless
+        (a record that something was sent, when sending it again is safe).
         """
 
         def run() -> tuple[T, Tx]:
-            with self.transaction(publish=False) as tx:
-                return fn(tx), tx
+            conn = self.db.conn
+            if not durable:
+                conn.execute("PRAGMA synchronous = NORMAL")
+            try:
+                with self.transaction(publish=False) as tx:
+                    return fn(tx), tx
+            finally:
+                if not durable:
+                    conn.execute("PRAGMA synchronous = FULL")
 
         with anyio.CancelScope(shield=True):
             try:

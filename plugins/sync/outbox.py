@@ -23,6 +23,7 @@ class Batch:
     next_attempt: float
     records: list[dict[str, Any]]
     created_at: float
+    seq: int = 0  # its place in the line
 
 
 @dataclass(frozen=True)
@@ -61,52 +62,33 @@ class Outbox:
     async def head(self, size: int, now: float) -> Batch | None:
         """The batch at the head of the line, formed from the oldest queued records when
         none is open."""
+        return await self.store.write(lambda tx: head_of_line(tx, size, now))
 
-        def write(tx: Tx) -> Batch | None:
-            found = tx.execute(
-                "SELECT id, attempts, next_attempt, created_at FROM batches ORDER BY seq LIMIT 1"
-            ).fetchone()
-            if found is None:
-                rows = tx.execute(
-                    "SELECT seq FROM outbox WHERE state = 'queued' AND batch IS NULL "
-                    "ORDER BY seq LIMIT ?",
-                    [size],
-                ).fetchall()
-                if not rows:
-                    return None
-                batch_id = "b-" + secrets.token_hex(8)
-                seqs = [r[0] for r in rows]
-                marks = ", ".join("?" for _ in seqs)
-                tx.execute(f"UPDATE outbox SET batch = ? WHERE seq IN ({marks})", [batch_id, *seqs])
-                tx.execute(
-                    "INSERT INTO batches (id, seq, items, created_at) VALUES (?, ?, ?, ?)",
-                    [batch_id, seqs[0], len(seqs), now],
-                )
-                found = (batch_id, 0, 0.0, now)
-            batch_id, attempts, next_attempt, created_at = found
-            records = [
-                json.loads(r[0])
-                for r in tx.execute(
-                    "SELECT record FROM outbox WHERE batch = ? ORDER BY seq", [batch_id]
-                ).fetchall()
-            ]
-            return Batch(batch_id, attempts, next_attempt, records, created_at)
-
-        return await self.store.write(write)
-
-    async def settle(self, batch: Batch, state: str, audit: Audit | None) -> None:
-        """The batch was sent or dropped: its records leave the line, the audit records it."""
+    async def settle(self, ended: list[tuple[Batch, str, Audit]]) -> None:
+        """Batches were sent or dropped: their records leave the line, the audit records
+        each (one commit for all of them)."""
 
         def write(tx: Tx) -> None:
-            tx.execute("UPDATE outbox SET state = ? WHERE batch = ?", [state, batch.id])
-            tx.execute("DELETE FROM batches WHERE id = ?", [batch.id])
-            if audit is not None:
+            for batch, state, audit in ended:
+                tx.execute("UPDATE outbox SET state = ? WHERE batch = ?", [state, batch.id])
+                tx.execute("DELETE FROM batches WHERE id = ?", [batch.id])
                 record(tx, audit)
-            if state == "sent":
-                set_state(tx, "last_push_at", str(audit.at if audit else 0))
-                set_state(tx, "last_error", "")
+                if state == "sent":
+                    set_state(tx, "last_push_at", repr(audit.at))
+                    set_state(tx, "last_error", "")
 
-        await self.store.write(write)
+        # not waiting for the disk: if a power loss undoes this, the batches are still in
+        # line under their (durably formed) ids and are sent again with the same
+        # Idempotency-Keys, which the API recognises
+        await self.store.write(write, durable=False)
+
+    async def after(self, seq: int) -> Batch | None:
+        """The formed batch next in line after the one at `seq` (read-only)."""
+
+        def read(db: Any) -> Batch | None:
+            return open_head(db, after=seq)
+
+        return await self.store.read(read)
 
     async def retry_later(self, batch: Batch, attempts: int, at: float, error: str) -> None:
         def write(tx: Tx) -> None:
@@ -173,6 +155,55 @@ class Outbox:
             return (json.loads(found[0]), float(found[1])) if found else None
 
         return await self.store.read(read)
+
+
+FORM_AHEAD = 50  # batches formed in one (durable) commit when the line is empty
+
+
+def head_of_line(tx: Tx, size: int, now: float) -> Batch | None:
+    """The open batch at the head; when there is none, the queued records are grouped into
+    batches first (up to FORM_AHEAD of them, oldest records first)."""
+    if tx.execute("SELECT 1 FROM batches LIMIT 1").fetchone() is None:
+        for _ in range(FORM_AHEAD):
+            rows = tx.execute(
+                "SELECT seq FROM outbox WHERE state = 'queued' AND batch IS NULL "
+                "ORDER BY seq LIMIT ?",
+                [size],
+            ).fetchall()
+            if not rows:
+                break
+            batch_id = "b-" + secrets.token_hex(8)
+            seqs = [r[0] for r in rows]
+            tx.execute(
+                "UPDATE outbox SET batch = ? WHERE state = 'queued' AND batch IS NULL "
+                "AND seq BETWEEN ? AND ?",
+                [batch_id, seqs[0], seqs[-1]],
+            )
+            tx.execute(
+                "INSERT INTO batches (id, seq, items, created_at) VALUES (?, ?, ?, ?)",
+                [batch_id, seqs[0], len(seqs), now],
+            )
+    return open_head(tx)
+
+
+def open_head(tx: Any, after: int = -1) -> Batch | None:
+    """The open batch at the head of the line (or the first after seq `after`), or None;
+    none is formed here. `tx` is a transaction or the read connection."""
+    found = tx.execute(
+        "SELECT id, attempts, next_attempt, created_at, seq FROM batches WHERE seq > ? "
+        "ORDER BY seq LIMIT 1",
+        [after],
+    ).fetchone()
+    if found is None:
+        return None
+    batch_id, attempts, next_attempt, created_at, seq = found
+    records = [
+        json.loads(r[0])
+        for r in tx.execute(
+            "SELECT record FROM outbox WHERE batch = ? ORDER BY seq", [batch_id]
+        ).fetchall()
+    ]
+    return Batch(batch_id, attempts, next_attempt, records, created_at, seq)
 
 
 def record(tx: Tx, entry: Audit) -> None:

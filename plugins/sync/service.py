@@ -61,6 +61,9 @@ class Sync:
         self.work = anyio.Event()  # a record was queued, or a push was asked for
         self.api: FleetAPI | None = None
         self.sending = anyio.Lock()  # one attempt at a time: the drainer's or a push's
+        self.attempts = 0  # attempts made by this hub
+        self.settling = anyio.Lock()
+        self.ended_batches: list[tuple[Batch, str, Audit]] = []
         self.max_attempts = self.spec.max_attempts
         override = hub.env.get(MAX_ATTEMPTS_ENV, "").strip()
         if override:
@@ -136,8 +139,12 @@ class Sync:
 
     # -- draining ----------------------------------------------------------------------------
     async def drain_loop(self) -> None:
+        batch: Batch | None = None
+        seen = -1  # the attempt count `batch` was read at: a push in between makes it stale
         while True:
-            batch = await self.outbox.head(self.spec.batch_size, self.clock.now())
+            if batch is None or seen != self.attempts:
+                batch = await self.outbox.head(self.spec.batch_size, self.clock.now())
+                seen = self.attempts
             if batch is None:
                 await self.work.wait()
                 self.work = anyio.Event()
@@ -146,36 +153,86 @@ class Sync:
             if wait > 0:
                 with anyio.move_on_after(wait):
                     await self.clock.sleep_until(batch.next_attempt)
+                batch = None
                 continue
             async with self.sending:
-                head = await self.outbox.head(self.spec.batch_size, self.clock.now())
-                if head is not None and head.id == batch.id and head.attempts == batch.attempts:
-                    await self.attempt(head)  # still the head, and no push tried it meanwhile
+                if seen != self.attempts:
+                    continue  # a push moved the line meanwhile: read the head again
+                batch = await self.pump(batch)
+                seen = self.attempts
 
-    async def attempt(self, batch: Batch) -> Outcome:
-        """POST the batch once and record what came of it."""
+    async def pump(self, batch: Batch) -> Batch | None:
+        """Send the formed batches from `batch` on, one after the other, while each sent
+        one is recorded (its commit overlaps the next POST: the store records them in
+        order); stops at the first that must wait. The batch to go on with, or None."""
         assert self.api is not None
-        body_size = len(json.dumps(batch.records))
-        outcome = await self.api.push(self.spec.agent, self.spec.node, batch.records, batch.id)
+        retry: tuple[Batch, Outcome] | None = None
+        async with anyio.create_task_group() as tg:
+            current: Batch | None = batch
+            while current is not None and current.next_attempt <= self.clock.now():
+                upcoming, outcome = await self.push_reading_next(current)
+                self.attempts += 1
+                if outcome.kind == "retry" and current.attempts + 1 < self.max_attempts:
+                    retry = (current, outcome)
+                    break
+                tg.start_soon(self.record_end, current, outcome)
+                current = upcoming
+        if retry is not None:  # recorded after every earlier batch's end
+            await self.record_end(*retry)
+        return None
+
+    async def settle(self, batch: Batch, state: str, audit: Audit) -> None:
+        """Record a batch's end; ends waiting meanwhile go in the same commit (whoever holds
+        the lock writes everything queued, so on return this end is written)."""
+        self.ended_batches.append((batch, state, audit))
+        async with self.settling:
+            ended, self.ended_batches = self.ended_batches, []
+            if ended:
+                await self.outbox.settle(ended)
+
+    async def push_reading_next(self, batch: Batch) -> tuple[Batch | None, Outcome]:
+        """POST `batch` while the next formed batch is read."""
+        assert self.api is not None
+        found: list[Batch | None] = []
+
+        async def read_next() -> None:
+            found.append(await self.outbox.after(batch.seq))
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(read_next)
+            outcome = await self.api.push(self.spec.agent, self.spec.node, batch.records, batch.id)
+        return found[0], outcome
+
+    async def record_end(self, batch: Batch, outcome: Outcome) -> None:
+        """Record what came of one attempt at `batch`."""
         now = self.clock.now()
         tries = batch.attempts + 1
-        entry = Audit("push", "sent", self.spec.agent, batch.id, tries, outcome.reason,
-                      body_size, len(batch.records), now)  # fmt: skip
+        body_size = len(json.dumps(batch.records))
+        items = len(batch.records)
         if outcome.kind == "sent":
-            await self.outbox.settle(batch, "sent", entry)
+            entry = Audit("push", "sent", self.spec.agent, batch.id, tries, outcome.reason,
+                          body_size, items, now)  # fmt: skip
+            await self.settle(batch, "sent", entry)
         elif outcome.kind == "drop" or tries >= self.max_attempts:
             why = outcome.reason if outcome.kind == "drop" else (
                 f"gave up after {tries} attempts; last: {outcome.reason}"
             )  # fmt: skip
             dropped = Audit("push", "dropped", self.spec.agent, batch.id, tries, why,
-                            body_size, len(batch.records), now)  # fmt: skip
-            await self.outbox.settle(batch, "dropped", dropped)
-            log.warning("sync dropped batch %s (%d records): %s", batch.id, len(batch.records), why)
+                            body_size, items, now)  # fmt: skip
+            await self.settle(batch, "dropped", dropped)
+            log.warning("sync dropped batch %s (%d records): %s", batch.id, items, why)
         else:
             delay = backoff(tries)
             if outcome.retry_after is not None:  # the API's word, within reason
                 delay = min(max(outcome.retry_after, 0.0), MAX_RETRY_AFTER)
             await self.outbox.retry_later(batch, tries, now + delay, outcome.reason)
+
+    async def attempt(self, batch: Batch) -> Outcome:
+        """POST the batch once and record what came of it."""
+        assert self.api is not None
+        outcome = await self.api.push(self.spec.agent, self.spec.node, batch.records, batch.id)
+        self.attempts += 1
+        await self.record_end(batch, outcome)
         return outcome
 
     # -- actions -----------------------------------------------------------------------------

@@ -33,10 +33,12 @@ import os
 import platform
 import statistics
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -44,8 +46,10 @@ import httpx2
 from common import BenchError, aligned, log, no_nan
 
 from fleetbus.bus.version import version
+from fleetbus.plugins.sync import sync_of
 from fleetbus.plugins.sync.http import SYNC_PATH, FleetAPI
 from fleetbus.testing.fake_fleet_api import FakeFleetAPI
+from fleetbus.testing.runner import runner_hub
 
 GOAL = 0.8
 BATCH = 100
@@ -228,6 +232,81 @@ async def bench_drain(profile: Profile) -> list[Result]:
     ]
 
 
+async def service_drain(url: str, batches: list[list[dict[str, Any]]], prefix: str) -> float:
+    """The same records drained by the sync service itself: queued in its outbox (not
+    timed), then sent by its drainer (batch formed, POSTed, settled: two commits a batch);
+    seconds from waking the drainer to an empty line."""
+    with tempfile.TemporaryDirectory(prefix="fb-bench-sync-") as tmp:
+        spec = {"url": url, "agent_id": AGENT, "fleet_node_id": NODE, "batch_size": BATCH}
+        env = {"FLEETBUS_SYNC_TOKEN": TOKEN}
+        async with runner_hub(Path(tmp) / "home", sync=spec, env=env) as hub:
+            service = sync_of(hub)
+            items = [
+                (f"{prefix}{i}:{j}", record)
+                for i, batch in enumerate(batches)
+                for j, record in enumerate(batch)
+            ]
+            await service.outbox.add(items, time.time())
+            wanted = len(batches) + len(fake_accepted(url))
+            t0 = time.perf_counter()
+            service.work.set()
+            arrived = await anyio.to_thread.run_sync(
+                lambda: FAKES[url].wait_for(lambda f: len(f.accepted()) >= wanted, 300)
+            )
+            with anyio.fail_after(60):  # the last batch's end is recorded
+                while (await service.status()).queued:
+                    await anyio.sleep(0.005)
+            spent = time.perf_counter() - t0
+            if not arrived:
+                raise BenchError("the service did not deliver every batch in 300 s")
+            if (await service.status()).sent != len(items):
+                raise BenchError("the service did not send every record")
+            return spent
+
+
+FAKES: dict[str, FakeFleetAPI] = {}  # the server at each URL, for service_drain to watch
+
+
+def fake_accepted(url: str) -> list[Any]:
+    return FAKES[url].accepted()
+
+
+async def bench_service(profile: Profile) -> list[Result]:
+    """Records/s of the service's whole drain against the plain client loop, per round."""
+    batches = batches_of(make_records(profile.records))
+    n = profile.records
+    base: list[float] = []
+    subj: list[float] = []
+    for r in range(profile.rounds):
+        with FakeFleetAPI(token=TOKEN) as fake:
+            FAKES[fake.url] = fake
+            b = n / await baseline(fake.url, batches, f"s{r}-baseline-")
+            s = n / await service_drain(fake.url, batches, f"s{r}-service-")
+            accepted = [a for a in fake.accepted() if not a.duplicate]
+            if sum(len(a.body["dispatches"]) for a in accepted) != 2 * n:
+                raise BenchError(f"round {r + 1}: not every record was accepted exactly once")
+        base.append(b)
+        subj.append(s)
+        log(f"  round {r + 1}: baseline {b:,.0f}/s, the service {s:,.0f}/s ({s / b:.2f}x)")
+    ratio = statistics.median(s / b for b, s in zip(base, subj, strict=True))
+    return [
+        Result(
+            name=f"the sync service drains {n:,} records from its outbox",
+            unit="/s",
+            goal=f">= {GOAL:g}x",
+            baseline=statistics.median(base),
+            fleetbus=statistics.median(subj),
+            ratio=ratio,
+            met=ratio >= GOAL,
+            rounds={"baseline": base, "fleetbus": subj},
+        )
+    ]
+
+
+async def bench_all(profile: Profile) -> list[Result]:
+    return [*await bench_drain(profile), *await bench_service(profile)]
+
+
 def server_threads() -> list[str]:
     return [t.name for t in threading.enumerate() if t.name.startswith("fake-fleet-api:")]
 
@@ -278,7 +357,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     log("bench drain ...")
     try:
-        results = anyio.run(bench_drain, profile)
+        results = anyio.run(bench_all, profile)
     except (BenchError, httpx2.HTTPError) as e:
         results = invalid(f"{type(e).__name__}: {e}")
     left = server_threads()
