@@ -191,3 +191,29 @@ async def test_read_runs_on_the_store_thread(tmp_path: Path) -> None:
 
     assert await store.read(count) == 3
     store.close()
+
+
+async def test_a_write_that_need_not_be_durable_commits_and_full_sync_comes_back(
+    tmp_path: Path,
+) -> None:
+    store = Store(tmp_path / "f.db")
+    store.open()
+    store.migrate([("test", make_migrations())])
+    try:
+
+        def modes(db: Any) -> int:
+            return int(db.execute("PRAGMA synchronous").fetchone()[0])
+
+        seen: list[int] = []
+
+        def write(tx: Tx) -> None:
+            seen.append(int(tx.execute("PRAGMA synchronous").fetchone()[0]))
+            tx.execute("INSERT INTO items (id, n) VALUES (1, 7)")
+
+        await store.write(write, durable=False)
+        assert seen == [1]  # NORMAL inside that one transaction
+        assert await store.write(lambda tx: modes(tx)) == 2  # FULL again for the next
+        found = await store.read(lambda db: db.execute("SELECT n FROM items").fetchall())
+        assert [tuple(r) for r in found] == [(7,)]
+    finally:
+        store.close()
