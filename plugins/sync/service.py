@@ -200,7 +200,7 @@ class Sync:
 
         async with anyio.create_task_group() as tg:
             tg.start_soon(read_next)
-            outcome = await self.api.push(self.spec.agent, self.spec.node, batch.records, batch.id)
+            outcome = await self.post(batch)
         return found[0], outcome
 
     async def record_end(self, batch: Batch, outcome: Outcome) -> None:
@@ -230,10 +230,23 @@ class Sync:
     async def attempt(self, batch: Batch) -> Outcome:
         """POST the batch once and record what came of it."""
         assert self.api is not None
-        outcome = await self.api.push(self.spec.agent, self.spec.node, batch.records, batch.id)
+        outcome = await self.post(batch)
         self.attempts += 1
         await self.record_end(batch, outcome)
         return outcome
+
+    async def post(self, batch: Batch) -> Outcome:
+        """POST `batch`, unless the token it needs is missing: then nothing is sent and the
+        batch waits (a misconfigured hub must not have the API refuse, and drop, its work)."""
+        assert self.api is not None
+        if self.token() is None:
+            return Outcome(
+                "retry",
+                None,
+                f"the environment variable {self.spec.token_env} (sync.token_env) is not set "
+                "in the hub's environment: set it, then restart the hub with `fleetbus stop`",
+            )
+        return await self.api.push(self.spec.agent, self.spec.node, batch.records, batch.id)
 
     # -- actions -----------------------------------------------------------------------------
     def need_url(self, action: str) -> None:

@@ -243,3 +243,14 @@ async def test_the_token_is_never_written_anywhere(home: Path) -> None:
     for path in home.rglob("*"):
         if path.is_file():
             assert TOKEN.encode() not in path.read_bytes(), path
+
+
+async def test_without_its_token_nothing_is_sent_and_status_says_why(
+    home: Path, api: FakeFleetAPI
+) -> None:
+    async with runner_hub(home, sync=spec(api)) as hub:  # FLEETBUS_SYNC_TOKEN not set
+        await run_some(hub, 1)
+        state = await hub.bus.perform("sync.push", {})
+        assert state.queued == 1 and state.dropped == 0, state
+        assert "FLEETBUS_SYNC_TOKEN" in state.last_error and "is not set" in state.last_error
+        assert api.received == []
