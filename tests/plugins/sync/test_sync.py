@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import pytest
 
 from fleetbus.bus import Refused
@@ -64,9 +65,10 @@ async def sees(api: FakeFleetAPI, predicate: Any, timeout: float = WAIT) -> bool
 
 
 async def until(predicate: Any, timeout: float = WAIT) -> None:
+    """Ask `predicate` (an action: each call waits on the hub) until it holds."""
     with anyio.fail_after(timeout):
         while not await predicate():
-            await anyio.sleep(0.01)
+            await anyio.lowlevel.checkpoint()
 
 
 def test_backoff_doubles_from_one_second_to_thirty() -> None:
@@ -173,7 +175,8 @@ async def test_ten_thousand_records_drain_in_batches_exactly_once(
         async def drained() -> bool:
             return bool((await hub.bus.perform("sync.status", {})).queued == 0)
 
-        await until(drained, 120)
+        assert await sees(api, lambda a: len(a.accepted()) >= 100, 120)
+        await until(drained)  # the last batch's end is recorded
         records = delivered(api)
         assert sorted(r["n"] for r in records) == list(range(10_000))
         assert len(api.accepted()) == 100
