@@ -74,11 +74,24 @@ class FleetAPI:
         idempotency_key: str,
     ) -> Outcome:
         """POST one batch to `/v1/agent/sync` under `idempotency_key` (the same on retries)."""
-        doc = {"agent_id": agent_id, "fleet_node_id": fleet_node_id, "dispatches": dispatches}
         try:
-            body = json.dumps(doc, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+            encoded = json.dumps(
+                dispatches, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+            )
         except (TypeError, ValueError) as e:
             return Outcome("drop", None, self._line(f"the batch is not valid JSON: {e}"))
+        return await self.push_encoded(agent_id, fleet_node_id, encoded, idempotency_key)
+
+    async def push_encoded(
+        self, agent_id: str, fleet_node_id: str, dispatches: str, idempotency_key: str
+    ) -> Outcome:
+        """`push` of a batch whose dispatches are already a JSON array (the outbox keeps
+        each batch encoded once, so a retry or a drain never encodes it again)."""
+        body = (
+            f'{{"agent_id":{json.dumps(agent_id, ensure_ascii=False)},'
+            f'"fleet_node_id":{json.dumps(fleet_node_id, ensure_ascii=False)},'
+            f'"dispatches":{dispatches}}}'
+        )
         headers = {"Content-Type": "application/json", "Idempotency-Key": idempotency_key}
         url = f"{self.url}{SYNC_PATH}"
         got = await self._send("POST", url, MAX_ANSWER, content=body.encode(), headers=headers)

@@ -21,9 +21,14 @@ class Batch:
     id: str
     attempts: int
     next_attempt: float
-    records: list[dict[str, Any]]
+    body: str  # the records, one JSON array
+    items: int
     created_at: float
     seq: int = 0  # its place in the line
+
+    @property
+    def records(self) -> list[dict[str, Any]]:
+        return list(json.loads(self.body))
 
 
 @dataclass(frozen=True)
@@ -70,8 +75,7 @@ class Outbox:
 
         def write(tx: Tx) -> None:
             for batch, state, audit in ended:
-                tx.execute("UPDATE outbox SET state = ? WHERE batch = ?", [state, batch.id])
-                tx.execute("DELETE FROM batches WHERE id = ?", [batch.id])
+                tx.execute("UPDATE batches SET state = ? WHERE id = ?", [state, batch.id])
                 record(tx, audit)
                 if state == "sent":
                     set_state(tx, "last_push_at", repr(audit.at))
@@ -112,15 +116,25 @@ class Outbox:
 
     async def summary(self) -> dict[str, Any]:
         def read(db: Any) -> dict[str, Any]:
-            counts = dict(
-                db.execute("SELECT state, count(*) FROM outbox GROUP BY state").fetchall()
-            )
-            oldest = db.execute(
-                "SELECT min(created_at) FROM outbox WHERE state = 'queued'"
-            ).fetchone()[0]
-            head = db.execute(
-                "SELECT attempts, next_attempt, last_error FROM batches ORDER BY seq LIMIT 1"
+            unbatched, oldest = db.execute(
+                "SELECT count(*), min(created_at) FROM outbox WHERE batch IS NULL"
             ).fetchone()
+            counts = {"queued": unbatched}
+            for state, items in db.execute(
+                "SELECT state, coalesce(sum(items), 0) FROM batches GROUP BY state"
+            ).fetchall():
+                counts["queued" if state == "open" else state] = (
+                    counts.get("queued", 0) + items if state == "open" else items
+                )
+            head = db.execute(
+                "SELECT attempts, next_attempt, last_error, id FROM batches "
+                "WHERE state = 'open' ORDER BY seq LIMIT 1"
+            ).fetchone()
+            if head is not None:  # the head's records are the oldest waiting
+                (first,) = db.execute(
+                    "SELECT min(created_at) FROM outbox WHERE batch = ?", [head[3]]
+                ).fetchone()
+                oldest = first if oldest is None or first is None else min(oldest, first)
             state = dict(db.execute("SELECT key, value FROM state").fetchall())
             return {"counts": counts, "oldest": oldest, "head": head, "state": state}
 
@@ -163,10 +177,10 @@ FORM_AHEAD = 50  # batches formed in one (durable) commit when the line is empty
 def head_of_line(tx: Tx, size: int, now: float) -> Batch | None:
     """The open batch at the head; when there is none, the queued records are grouped into
     batches first (up to FORM_AHEAD of them, oldest records first)."""
-    if tx.execute("SELECT 1 FROM batches LIMIT 1").fetchone() is None:
+    if tx.execute("SELECT 1 FROM batches WHERE state = 'open' LIMIT 1").fetchone() is None:
         for _ in range(FORM_AHEAD):
             rows = tx.execute(
-                "SELECT seq FROM outbox WHERE state = 'queued' AND batch IS NULL "
+                "SELECT seq, record FROM outbox WHERE state = 'queued' AND batch IS NULL "
                 "ORDER BY seq LIMIT ?",
                 [size],
             ).fetchall()
@@ -174,14 +188,15 @@ def head_of_line(tx: Tx, size: int, now: float) -> Batch | None:
                 break
             batch_id = "b-" + secrets.token_hex(8)
             seqs = [r[0] for r in rows]
+            body = "[" + ",".join(r[1] for r in rows) + "]"
             tx.execute(
                 "UPDATE outbox SET batch = ? WHERE state = 'queued' AND batch IS NULL "
                 "AND seq BETWEEN ? AND ?",
                 [batch_id, seqs[0], seqs[-1]],
             )
             tx.execute(
-                "INSERT INTO batches (id, seq, items, created_at) VALUES (?, ?, ?, ?)",
-                [batch_id, seqs[0], len(seqs), now],
+                "INSERT INTO batches (id, seq, items, body, created_at) VALUES (?, ?, ?, ?, ?)",
+                [batch_id, seqs[0], len(seqs), body, now],
             )
     return open_head(tx)
 
@@ -190,20 +205,13 @@ def open_head(tx: Any, after: int = -1) -> Batch | None:
     """The open batch at the head of the line (or the first after seq `after`), or None;
     none is formed here. `tx` is a transaction or the read connection."""
     found = tx.execute(
-        "SELECT id, attempts, next_attempt, created_at, seq FROM batches WHERE seq > ? "
-        "ORDER BY seq LIMIT 1",
+        "SELECT id, attempts, next_attempt, body, items, created_at, seq FROM batches "
+        "WHERE state = 'open' AND seq > ? ORDER BY seq LIMIT 1",
         [after],
     ).fetchone()
     if found is None:
         return None
-    batch_id, attempts, next_attempt, created_at, seq = found
-    records = [
-        json.loads(r[0])
-        for r in tx.execute(
-            "SELECT record FROM outbox WHERE batch = ? ORDER BY seq", [batch_id]
-        ).fetchall()
-    ]
-    return Batch(batch_id, attempts, next_attempt, records, created_at, seq)
+    return Batch(*found)
 
 
 def record(tx: Tx, entry: Audit) -> None:

@@ -19,7 +19,7 @@ def m0001_initial(db: Database) -> None:
             seq INTEGER PRIMARY KEY,
             fingerprint TEXT NOT NULL UNIQUE,  -- kind:id:ended_at#runs: a state queued once
             record TEXT NOT NULL,              -- JSON
-            state TEXT NOT NULL,               -- queued | sent | dropped
+            state TEXT NOT NULL,               -- queued (what became of it: its batch's state)
             batch TEXT,                        -- the batch it travels in, once formed
             created_at REAL NOT NULL
         )
@@ -33,6 +33,8 @@ def m0001_initial(db: Database) -> None:
             id TEXT PRIMARY KEY,               -- also its Idempotency-Key, the same on retries
             seq INTEGER NOT NULL,              -- head of line: the lowest goes first
             items INTEGER NOT NULL,
+            body TEXT NOT NULL,                -- its records as one JSON array, encoded once
+            state TEXT NOT NULL DEFAULT 'open', -- open | sent | dropped
             attempts INTEGER NOT NULL DEFAULT 0,
             next_attempt REAL NOT NULL DEFAULT 0,
             last_error TEXT NOT NULL DEFAULT '',
@@ -40,6 +42,7 @@ def m0001_initial(db: Database) -> None:
         )
         """
     )
+    db.execute("CREATE INDEX batches_line ON batches (state, seq)")
     db.execute(
         """
         CREATE TABLE audit (

@@ -207,8 +207,8 @@ class Sync:
         """Record what came of one attempt at `batch`."""
         now = self.clock.now()
         tries = batch.attempts + 1
-        body_size = len(json.dumps(batch.records))
-        items = len(batch.records)
+        body_size = len(batch.body)
+        items = batch.items
         if outcome.kind == "sent":
             entry = Audit("push", "sent", self.spec.agent, batch.id, tries, outcome.reason,
                           body_size, items, now)  # fmt: skip
@@ -246,7 +246,7 @@ class Sync:
                 f"the environment variable {self.spec.token_env} (sync.token_env) is not set "
                 "in the hub's environment: set it, then restart the hub with `fleetbus stop`",
             )
-        return await self.api.push(self.spec.agent, self.spec.node, batch.records, batch.id)
+        return await self.api.push_encoded(self.spec.agent, self.spec.node, batch.body, batch.id)
 
     # -- actions -----------------------------------------------------------------------------
     def need_url(self, action: str) -> None:

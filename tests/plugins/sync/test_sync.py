@@ -255,5 +255,7 @@ async def test_without_its_token_nothing_is_sent_and_status_says_why(
         await run_some(hub, 1)
         state = await hub.bus.perform("sync.push", {})
         assert state.queued == 1 and state.dropped == 0, state
+        assert state.oldest_age_s is not None and state.oldest_age_s >= 0
+        assert state.attempts == 1 and state.next_attempt_at is not None
         assert "FLEETBUS_SYNC_TOKEN" in state.last_error and "is not set" in state.last_error
         assert api.received == []
