@@ -7,9 +7,11 @@ set-up of a new workspace and the prompt template.
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from fleetbus.bus.config import ConfigSection
+
+from .prompt import check_template
 
 __all__ = ["AGENTIC", "AgentPolicy", "AgenticSpec", "Allowance", "SetupSpec"]
 
@@ -92,6 +94,14 @@ class AgenticSpec(BaseModel):
         ],
         description="Lines the prompt lists under Constraints.",
     )
+
+    @field_validator("prompt_template")
+    @classmethod
+    def _known_fields(cls, value: str | None) -> str | None:
+        problem = check_template(value) if value is not None else None
+        if problem:
+            raise ValueError(problem)
+        return value
 
 
 AGENTIC = ConfigSection("agentic", AgenticSpec, "Agentic tasks: retries, routing, allowances.")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import string
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,8 +76,8 @@ def build(
     language: Language,
     constraints: list[str],
 ) -> str:
-    """The prompt of a task's first run. A template naming an unknown field is used as
-    the default template would be (the manifest was checked at load: see `check_template`)."""
+    """The prompt of a task's first run (`template` was checked when the manifest was
+    loaded: see `check_template`)."""
     fields = {
         "task": task.strip(),
         "repo": repo,
@@ -95,9 +96,9 @@ def check_template(template: str) -> str | None:
     """What is wrong with a prompt template, or None."""
     allowed = {"task", "repo", "branch", "base", "language", "build", "test", "constraints", "ask"}
     try:
-        names = {m.group(1) for m in re.finditer(r"(?<!\{)\{([^{}]*)\}(?!\})", template)}
-    except re.error:  # pragma: no cover - the pattern is fixed
-        return None
+        names = {name for _, name, _, _ in string.Formatter().parse(template) if name is not None}
+    except ValueError as e:  # an unmatched brace
+        return f"prompt_template is not a valid template: {e} (write {{{{ and }}}} for braces)"
     unknown = sorted(n for n in names if n not in allowed)
     if unknown:
         return f"prompt_template names unknown fields {unknown}; known: {sorted(allowed)}"

@@ -66,7 +66,7 @@ from .models import (
     TaskState,
     UsageRecorded,
 )
-from .router import Candidate, NoAgent, Registry, route
+from .router import Candidate, NoAgent, route
 from .tasks import Row, TaskStore
 from .views import answer
 
@@ -116,7 +116,6 @@ class Agentic:
         self.root = hub.config[DISPATCH].resolved_workspace_root(hub.home.root)
         self.tasks = TaskStore(hub.store)
         self.clock = clock_for(hub.wall_clock)
-        self.registry = Registry()
         self.lock = anyio.Lock()  # task creation: one at a time (idempotency keys)
         self.settling: set[str] = set()  # run ids being settled
         self.wake = anyio.Event()
@@ -375,7 +374,7 @@ class Agentic:
         critical = task["priority"] == 0
         return route(task["labels"], self.candidates(loads), critical=critical)
 
-    async def allowed(self, task: Row, agent: str, ctx: Context) -> allowance.Verdict:
+    async def allowed(self, task: Row, agent: str) -> allowance.Verdict:
         limits = self.policy(agent).allowance
         now = self.clock.now()
         used, _ = await self.tasks.usage(agent, allowance.utc_day(now))
@@ -394,7 +393,7 @@ class Agentic:
             await self.wait(task, str(e), now + self.spec.sweep_s)
             self.publish(DispatchFailedNoAgent(task_id=task["id"], reason=str(e)), task, ctx)
             return answer(await self.fresh(task))
-        verdict = await self.allowed(task, agent, ctx)
+        verdict = await self.allowed(task, agent)
         if not verdict.allowed:
             later = verdict.retry_at or now + self.spec.sweep_s
             await self.wait(task, verdict.reason, later, agent=agent)

@@ -70,8 +70,8 @@ class Outbox:
         return await self.store.write(lambda tx: head_of_line(tx, size, now))
 
     async def settle(self, ended: list[tuple[Batch, str, Audit]]) -> None:
-        """Batches were sent or dropped: their records leave the line, the audit records
-        each (one commit for all of them)."""
+        """Batches were sent or dropped: they leave the line, the audit records each (one
+        commit for all of them)."""
 
         def write(tx: Tx) -> None:
             for batch, state, audit in ended:

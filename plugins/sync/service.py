@@ -56,7 +56,6 @@ class Sync:
         self.spec = hub.config[SYNC]
         self.outbox = Outbox(hub.store)
         self.clock = clock_for(hub.wall_clock)
-        self.caught_up = anyio.Event()
         self.catch_up_wanted = anyio.Event()
         self.work = anyio.Event()  # a record was queued, or a push was asked for
         self.api: FleetAPI | None = None
@@ -108,7 +107,6 @@ class Sync:
                 await self.catch_up()
             except Exception:
                 log.exception("sync could not catch up; it tries again at the next end")
-            self.caught_up.set()
             await self.catch_up_wanted.wait()
             self.catch_up_wanted = anyio.Event()
 

@@ -232,12 +232,14 @@ async def bench_drain(profile: Profile) -> list[Result]:
     ]
 
 
-async def service_drain(url: str, batches: list[list[dict[str, Any]]], prefix: str) -> float:
+async def service_drain(
+    fake: FakeFleetAPI, batches: list[list[dict[str, Any]]], prefix: str
+) -> float:
     """The same records drained by the sync service itself: queued in its outbox (not
     timed), then sent by its drainer (batch formed, POSTed, settled: two commits a batch);
     seconds from waking the drainer to an empty line."""
     with tempfile.TemporaryDirectory(prefix="fb-bench-sync-") as tmp:
-        spec = {"url": url, "agent_id": AGENT, "fleet_node_id": NODE, "batch_size": BATCH}
+        spec = {"url": fake.url, "agent_id": AGENT, "fleet_node_id": NODE, "batch_size": BATCH}
         env = {"FLEETBUS_SYNC_TOKEN": TOKEN}
         async with runner_hub(Path(tmp) / "home", sync=spec, env=env) as hub:
             service = sync_of(hub)
@@ -247,11 +249,11 @@ async def service_drain(url: str, batches: list[list[dict[str, Any]]], prefix: s
                 for j, record in enumerate(batch)
             ]
             await service.outbox.add(items, time.time())
-            wanted = len(batches) + len(fake_accepted(url))
+            wanted = len(batches) + len(fake.accepted())
             t0 = time.perf_counter()
             service.work.set()
             arrived = await anyio.to_thread.run_sync(
-                lambda: FAKES[url].wait_for(lambda f: len(f.accepted()) >= wanted, 300)
+                lambda: fake.wait_for(lambda f: len(f.accepted()) >= wanted, 300)
             )
             with anyio.fail_after(60):  # the last batch's end is recorded
                 while (await service.status()).queued:
@@ -264,13 +266,6 @@ async def service_drain(url: str, batches: list[list[dict[str, Any]]], prefix: s
             return spent
 
 
-FAKES: dict[str, FakeFleetAPI] = {}  # the server at each URL, for service_drain to watch
-
-
-def fake_accepted(url: str) -> list[Any]:
-    return FAKES[url].accepted()
-
-
 async def bench_service(profile: Profile) -> list[Result]:
     """Records/s of the service's whole drain against the plain client loop, per round."""
     batches = batches_of(make_records(profile.records))
@@ -279,9 +274,8 @@ async def bench_service(profile: Profile) -> list[Result]:
     subj: list[float] = []
     for r in range(profile.rounds):
         with FakeFleetAPI(token=TOKEN) as fake:
-            FAKES[fake.url] = fake
             b = n / await baseline(fake.url, batches, f"s{r}-baseline-")
-            s = n / await service_drain(fake.url, batches, f"s{r}-service-")
+            s = n / await service_drain(fake, batches, f"s{r}-service-")
             accepted = [a for a in fake.accepted() if not a.duplicate]
             if sum(len(a.body["dispatches"]) for a in accepted) != 2 * n:
                 raise BenchError(f"round {r + 1}: not every record was accepted exactly once")

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import datetime as dt
+from pathlib import Path
 
 import pytest
 
+from fleetbus.bus import StartupError
 from fleetbus.plugins.agentic import allowance, prompt
 from fleetbus.plugins.agentic.config import Allowance
 from fleetbus.plugins.agentic.router import Candidate, NoAgent, Registry, route
+from fleetbus.testing.runner import runner_hub
 
 NOON = dt.datetime(2026, 1, 1, 12, tzinfo=dt.UTC).timestamp()
 
@@ -95,7 +98,7 @@ def test_the_day_rolls_over_at_utc_midnight() -> None:
     assert allowance.next_reset(before) == before + 1
 
 
-def test_the_prompt_names_task_branch_language_and_how_to_ask(tmp_path: object) -> None:
+def test_the_prompt_names_task_branch_language_and_how_to_ask() -> None:
     text = prompt.build(
         None,
         task="Fix the login",
@@ -123,3 +126,17 @@ def test_slugs_are_safe_segments() -> None:
     assert prompt.slug("Fix the LOGIN bug!", "t-0123456789ab") == "fix-the-login-bug-6789ab"
     assert prompt.slug("!!!", "t-abcdef") == "task-abcdef"
     assert len(prompt.slug("x" * 500, "t-abcdef")) <= 47
+
+
+def test_an_unmatched_brace_is_a_bad_template() -> None:
+    problem = prompt.check_template("{task} and {")
+    assert problem is not None and "braces" in problem
+
+
+@pytest.mark.anyio
+async def test_a_bad_prompt_template_stops_the_hub_naming_the_key(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    with pytest.raises(StartupError) as e:
+        async with runner_hub(home, agentic={"prompt_template": "{task} on {branchh}"}):
+            pass
+    assert "prompt_template" in str(e.value) and "branchh" in str(e.value)
