@@ -23,6 +23,7 @@ BENCH = Path(__file__).resolve().parent / "bench"
         "bench_mcp.py",
         "bench_assistant_loop.py",
         "bench_agentic.py",
+        "bench_sync.py",
     ],
 )
 def test_benchmark_runs_and_its_checks_hold(script: str) -> None:

@@ -1,9 +1,12 @@
 """Every SQL statement of the sync service.
 
-Records enter the outbox once per state (their fingerprint is unique); the head of line is
-the oldest batch, formed from the oldest queued records and kept, with its id as the
-Idempotency-Key, until it is sent or dropped, so a retry after any failure or restart
-sends the same records under the same key. Never touches another service's tables.
+Records enter the outbox once per state (their fingerprint is unique) and are never
+deleted, so their seq only grows. A batch is a range of seqs: the oldest records not yet in
+one, grouped when the line is empty and kept, with its id as the Idempotency-Key, until it
+is sent or dropped, so a retry after any failure or restart sends the same records under
+the same key. Forming a batch writes one small row (the records are not rewritten), and
+its body is joined from the stored records when it is read. Never touches another
+service's tables.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ class Batch:
     body: str  # the records, one JSON array
     items: int
     created_at: float
-    seq: int = 0  # its place in the line
+    seq: int = 0  # its place in the line: its first record's seq
 
     @property
     def records(self) -> list[dict[str, Any]]:
@@ -55,8 +58,8 @@ class Outbox:
             added = 0
             for fingerprint, record in items:
                 cursor = tx.execute(
-                    "INSERT OR IGNORE INTO outbox (fingerprint, record, state, created_at) "
-                    "VALUES (?, ?, 'queued', ?)",
+                    "INSERT OR IGNORE INTO outbox (fingerprint, record, created_at) "
+                    "VALUES (?, ?, ?)",
                     [fingerprint, json.dumps(record, sort_keys=True), now],
                 )
                 added += cursor.rowcount
@@ -67,7 +70,14 @@ class Outbox:
     async def head(self, size: int, now: float) -> Batch | None:
         """The batch at the head of the line, formed from the oldest queued records when
         none is open."""
-        return await self.store.write(lambda tx: head_of_line(tx, size, now))
+        line = await self.line(size, now)
+        return line[0] if line else None
+
+    async def line(self, size: int, now: float) -> list[Batch]:
+        """The open batches from the head of the line on, in order (at most FORM_AHEAD of
+        them, and about READ_AHEAD_BYTES of bodies), formed from the oldest queued records
+        when none is open."""
+        return await self.store.write(lambda tx: line_of(tx, size, now))
 
     async def settle(self, ended: list[tuple[Batch, str, Audit]]) -> None:
         """Batches were sent or dropped: they leave the line, the audit records each (one
@@ -85,14 +95,6 @@ class Outbox:
         # line under their (durably formed) ids and are sent again with the same
         # Idempotency-Keys, which the API recognises
         await self.store.write(write, durable=False)
-
-    async def after(self, seq: int) -> Batch | None:
-        """The formed batch next in line after the one at `seq` (read-only)."""
-
-        def read(db: Any) -> Batch | None:
-            return open_head(db, after=seq)
-
-        return await self.store.read(read)
 
     async def retry_later(self, batch: Batch, attempts: int, at: float, error: str) -> None:
         def write(tx: Tx) -> None:
@@ -116,25 +118,26 @@ class Outbox:
 
     async def summary(self) -> dict[str, Any]:
         def read(db: Any) -> dict[str, Any]:
-            unbatched, oldest = db.execute(
-                "SELECT count(*), min(created_at) FROM outbox WHERE batch IS NULL"
+            last = batched_up_to(db)
+            unbatched, first_unbatched = db.execute(
+                "SELECT count(*), min(seq) FROM outbox WHERE seq > ?", [last]
             ).fetchone()
             counts = {"queued": unbatched}
             for state, items in db.execute(
                 "SELECT state, coalesce(sum(items), 0) FROM batches GROUP BY state"
             ).fetchall():
-                counts["queued" if state == "open" else state] = (
-                    counts.get("queued", 0) + items if state == "open" else items
-                )
+                key = "queued" if state == "open" else state
+                counts[key] = counts.get(key, 0) + items
             head = db.execute(
-                "SELECT attempts, next_attempt, last_error, id FROM batches "
-                "WHERE state = 'open' ORDER BY seq LIMIT 1"
+                "SELECT attempts, next_attempt, last_error, first_seq FROM batches "
+                "WHERE state = 'open' ORDER BY first_seq LIMIT 1"
             ).fetchone()
-            if head is not None:  # the head's records are the oldest waiting
-                (first,) = db.execute(
-                    "SELECT min(created_at) FROM outbox WHERE batch = ?", [head[3]]
+            oldest_seq = head[3] if head is not None else first_unbatched
+            oldest = None
+            if oldest_seq is not None:  # records are queued in order: the first waits longest
+                (oldest,) = db.execute(
+                    "SELECT created_at FROM outbox WHERE seq = ?", [oldest_seq]
                 ).fetchone()
-                oldest = first if oldest is None or first is None else min(oldest, first)
             state = dict(db.execute("SELECT key, value FROM state").fetchall())
             return {"counts": counts, "oldest": oldest, "head": head, "state": state}
 
@@ -171,47 +174,56 @@ class Outbox:
         return await self.store.read(read)
 
 
-FORM_AHEAD = 50  # batches formed in one (durable) commit when the line is empty
+FORM_AHEAD = 50
+"""Batches formed in one (durable) commit when the line is empty, and read at once."""
+READ_AHEAD_BYTES = 4 * 2**20
+"""Bytes of batch bodies read at once, at most (beyond the first batch)."""
 
 
-def head_of_line(tx: Tx, size: int, now: float) -> Batch | None:
-    """The open batch at the head; when there is none, the queued records are grouped into
-    batches first (up to FORM_AHEAD of them, oldest records first)."""
+def batched_up_to(db: Any) -> int:
+    """The seq of the last record already in a batch (0: none)."""
+    found = db.execute("SELECT last_seq FROM batches ORDER BY first_seq DESC LIMIT 1").fetchone()
+    return int(found[0]) if found else 0
+
+
+def line_of(tx: Tx, size: int, now: float) -> list[Batch]:
+    """The open batches at the head; when there is none, the queued records are grouped
+    into batches first (up to FORM_AHEAD of them, oldest records first)."""
     if tx.execute("SELECT 1 FROM batches WHERE state = 'open' LIMIT 1").fetchone() is None:
-        for _ in range(FORM_AHEAD):
-            rows = tx.execute(
-                "SELECT seq, record FROM outbox WHERE state = 'queued' AND batch IS NULL "
-                "ORDER BY seq LIMIT ?",
-                [size],
-            ).fetchall()
-            if not rows:
-                break
-            batch_id = "b-" + secrets.token_hex(8)
-            seqs = [r[0] for r in rows]
-            body = "[" + ",".join(r[1] for r in rows) + "]"
-            tx.execute(
-                "UPDATE outbox SET batch = ? WHERE state = 'queued' AND batch IS NULL "
-                "AND seq BETWEEN ? AND ?",
-                [batch_id, seqs[0], seqs[-1]],
+        seqs = [
+            r[0]
+            for r in tx.execute(
+                "SELECT seq FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?",
+                [batched_up_to(tx), size * FORM_AHEAD],
             )
+        ]
+        for start in range(0, len(seqs), size):
+            chunk = seqs[start : start + size]
             tx.execute(
-                "INSERT INTO batches (id, seq, items, body, created_at) VALUES (?, ?, ?, ?, ?)",
-                [batch_id, seqs[0], len(seqs), body, now],
+                "INSERT INTO batches (id, first_seq, last_seq, items, created_at) "
+                "VALUES (?, ?, ?, ?, ?)",
+                ["b-" + secrets.token_hex(8), chunk[0], chunk[-1], len(chunk), now],
             )
-    return open_head(tx)
-
-
-def open_head(tx: Any, after: int = -1) -> Batch | None:
-    """The open batch at the head of the line (or the first after seq `after`), or None;
-    none is formed here. `tx` is a transaction or the read connection."""
-    found = tx.execute(
-        "SELECT id, attempts, next_attempt, body, items, created_at, seq FROM batches "
-        "WHERE state = 'open' AND seq > ? ORDER BY seq LIMIT 1",
-        [after],
-    ).fetchone()
-    if found is None:
-        return None
-    return Batch(*found)
+    found: list[Batch] = []
+    read = 0
+    for row in tx.execute(
+        "SELECT id, attempts, next_attempt, first_seq, last_seq, items, created_at FROM batches "
+        "WHERE state = 'open' ORDER BY first_seq LIMIT ?",
+        [FORM_AHEAD],
+    ).fetchall():
+        batch_id, attempts, next_attempt, first, last, items, created_at = row
+        records = [
+            r[0]
+            for r in tx.execute(
+                "SELECT record FROM outbox WHERE seq BETWEEN ? AND ? ORDER BY seq", [first, last]
+            )
+        ]
+        body = "[" + ",".join(records) + "]"
+        if found and read + len(body) > READ_AHEAD_BYTES:
+            break
+        found.append(Batch(batch_id, attempts, next_attempt, body, items, created_at, first))
+        read += len(body)
+    return found
 
 
 def record(tx: Tx, entry: Audit) -> None:

@@ -19,21 +19,17 @@ def m0001_initial(db: Database) -> None:
             seq INTEGER PRIMARY KEY,
             fingerprint TEXT NOT NULL UNIQUE,  -- kind:id:ended_at#runs: a state queued once
             record TEXT NOT NULL,              -- JSON
-            state TEXT NOT NULL,               -- queued (what became of it: its batch's state)
-            batch TEXT,                        -- the batch it travels in, once formed
             created_at REAL NOT NULL
         )
         """
     )
-    db.execute("CREATE INDEX outbox_queue ON outbox (state, seq)")
-    db.execute("CREATE INDEX outbox_batch ON outbox (batch)")
     db.execute(
         """
         CREATE TABLE batches (
             id TEXT PRIMARY KEY,               -- also its Idempotency-Key, the same on retries
-            seq INTEGER NOT NULL,              -- head of line: the lowest goes first
+            first_seq INTEGER NOT NULL UNIQUE, -- its records: outbox seq first_seq..last_seq;
+            last_seq INTEGER NOT NULL,         --   head of line: the lowest goes first
             items INTEGER NOT NULL,
-            body TEXT NOT NULL,                -- its records as one JSON array, encoded once
             state TEXT NOT NULL DEFAULT 'open', -- open | sent | dropped
             attempts INTEGER NOT NULL DEFAULT 0,
             next_attempt REAL NOT NULL DEFAULT 0,
@@ -42,7 +38,7 @@ def m0001_initial(db: Database) -> None:
         )
         """
     )
-    db.execute("CREATE INDEX batches_line ON batches (state, seq)")
+    db.execute("CREATE INDEX batches_line ON batches (state, first_seq)")
     db.execute(
         """
         CREATE TABLE audit (

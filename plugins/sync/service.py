@@ -137,47 +137,47 @@ class Sync:
 
     # -- draining ----------------------------------------------------------------------------
     async def drain_loop(self) -> None:
-        batch: Batch | None = None
-        seen = -1  # the attempt count `batch` was read at: a push in between makes it stale
+        line: list[Batch] = []
+        seen = -1  # the attempt count `line` was read at: a push in between makes it stale
         while True:
-            if batch is None or seen != self.attempts:
-                batch = await self.outbox.head(self.spec.batch_size, self.clock.now())
+            if not line or seen != self.attempts:
+                line = await self.outbox.line(self.spec.batch_size, self.clock.now())
                 seen = self.attempts
-            if batch is None:
+            if not line:
                 await self.work.wait()
                 self.work = anyio.Event()
                 continue
-            wait = batch.next_attempt - self.clock.now()
+            wait = line[0].next_attempt - self.clock.now()
             if wait > 0:
                 with anyio.move_on_after(wait):
-                    await self.clock.sleep_until(batch.next_attempt)
-                batch = None
+                    await self.clock.sleep_until(line[0].next_attempt)
+                line = []
                 continue
             async with self.sending:
                 if seen != self.attempts:
-                    continue  # a push moved the line meanwhile: read the head again
-                batch = await self.pump(batch)
+                    continue  # a push moved the line meanwhile: read it again
+                await self.pump(line)
+                line = []
                 seen = self.attempts
 
-    async def pump(self, batch: Batch) -> Batch | None:
-        """Send the formed batches from `batch` on, one after the other, while each sent
-        one is recorded (its commit overlaps the next POST: the store records them in
-        order); stops at the first that must wait. The batch to go on with, or None."""
+    async def pump(self, line: list[Batch]) -> None:
+        """Send the formed batches of `line`, one after the other, while each sent one is
+        recorded (its commit overlaps the next POST: the store records them in order);
+        stops at the first that must wait."""
         assert self.api is not None
         retry: tuple[Batch, Outcome] | None = None
         async with anyio.create_task_group() as tg:
-            current: Batch | None = batch
-            while current is not None and current.next_attempt <= self.clock.now():
-                upcoming, outcome = await self.push_reading_next(current)
-                self.attempts += 1
-                if outcome.kind == "retry" and current.attempts + 1 < self.max_attempts:
-                    retry = (current, outcome)
+            for batch in line:
+                if batch.next_attempt > self.clock.now():
                     break
-                tg.start_soon(self.record_end, current, outcome)
-                current = upcoming
+                outcome = await self.post(batch)
+                self.attempts += 1
+                if outcome.kind == "retry" and batch.attempts + 1 < self.max_attempts:
+                    retry = (batch, outcome)
+                    break
+                tg.start_soon(self.record_end, batch, outcome)
         if retry is not None:  # recorded after every earlier batch's end
             await self.record_end(*retry)
-        return None
 
     async def settle(self, batch: Batch, state: str, audit: Audit) -> None:
         """Record a batch's end; ends waiting meanwhile go in the same commit (whoever holds
@@ -187,19 +187,6 @@ class Sync:
             ended, self.ended_batches = self.ended_batches, []
             if ended:
                 await self.outbox.settle(ended)
-
-    async def push_reading_next(self, batch: Batch) -> tuple[Batch | None, Outcome]:
-        """POST `batch` while the next formed batch is read."""
-        assert self.api is not None
-        found: list[Batch | None] = []
-
-        async def read_next() -> None:
-            found.append(await self.outbox.after(batch.seq))
-
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(read_next)
-            outcome = await self.post(batch)
-        return found[0], outcome
 
     async def record_end(self, batch: Batch, outcome: Outcome) -> None:
         """Record what came of one attempt at `batch`."""
