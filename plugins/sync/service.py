@@ -279,6 +279,11 @@ class Sync:
         queued = counts.get("queued", 0)
         if not self.configured:
             note = IDLE
+        elif queued == 0 and counts.get("dropped", 0):
+            note = (
+                f"nothing is waiting; {counts['dropped']} records were dropped "
+                "(sync.records says why)"
+            )
         elif queued == 0:
             note = "everything finished has been sent"
         elif head is not None and head[1] > now:

@@ -118,6 +118,8 @@ async def test_a_batch_that_always_fails_is_dropped_after_max_attempts(
             assert drop.attempts == 3 and "gave up after 3 attempts" in drop.reason
             assert "500" in drop.reason and drop.payload_bytes > 0
         assert len(api.received) == 3 * len(drops)
+        note = (await hub.bus.perform("sync.status", {})).note
+        assert note == "nothing is waiting; 2 records were dropped (sync.records says why)"
 
 
 async def test_backoff_waits_on_the_clock_and_429_honours_retry_after(
