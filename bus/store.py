@@ -1,8 +1,10 @@
 """The SQLite store: WAL, `synchronous=FULL`, one writer, `BEGIN IMMEDIATE` writes.
 
-Every database call goes through one worker thread (a capacity limiter of one), so the
-event loop never blocks on `fsync` and there is exactly one writer. Messages queued on a
-transaction with `tx.publish(...)` are published after its COMMIT, never for a rollback.
+Every write goes through one worker thread (a capacity limiter of one), so the event loop
+never blocks on `fsync` and there is exactly one writer; writes that arrive while one
+commits are committed together next (group commit, a savepoint each). Messages queued
+on a transaction with `tx.publish(...)` are published after its COMMIT, never for a
+rollback.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import anyio
 import anyio.to_thread
@@ -34,6 +36,19 @@ log = logging.getLogger("fleetbus.store")
 T = TypeVar("T")
 BUSY_TIMEOUT_MS = 10_000
 Publish = Callable[[Message, Context | None], Any]
+
+
+@dataclass
+class _Write:
+    """A write waiting for, or done in, a group commit."""
+
+    fn: Callable[[Tx], Any]
+    durable: bool
+    woken: anyio.Event = field(default_factory=anyio.Event)
+    done: bool = False
+    result: Any = None
+    error: BaseException | None = None
+    tx: Tx | None = None
 
 
 @dataclass
@@ -92,6 +107,8 @@ class Store:
         self._publish = publish
         self._db: sqlite_utils.Database | None = None
         self._limiter = anyio.CapacityLimiter(1)
+        self._queued: list[_Write] = []  # writes waiting for the next group commit
+        self._leading = False  # a caller is committing a group
         # reads use a connection and a thread of their own (WAL readers never wait for the
         # writer's fsync): a status read under load is not queued behind commits
         self._reader: sqlite_utils.Database | None = None
@@ -178,39 +195,93 @@ class Store:
                 self._publish(message, context)
 
     async def write(self, fn: Callable[[Tx], T], *, durable: bool = True) -> T:
-        """Run `fn(tx)` in one `BEGIN IMMEDIATE` transaction on the store's thread.
+        """Run `fn(tx)` in a `BEGIN IMMEDIATE` transaction on the store's thread.
 
-        Messages `fn` queued with `tx.publish` are published after the commit. A
-        cancellation waits for the transaction to finish: a write is never half-done.
-        `durable=False` commits without waiting for the disk (`synchronous=NORMAL` for
-        this one transaction): it is atomic and stays consistent, but a power loss may
-        undo it until the next durable commit. Only for writes whose loss is harmless
-        (a record that something was sent, when sending it again is safe).
+        Group commit: writes that arrive while a transaction commits wait, then commit
+        together in the next one, each in a savepoint of its own: a write that raises is
+        rolled back alone and its caller gets its error; the others commit. Messages `fn`
+        queued with `tx.publish` are published after the shared COMMIT, in order (none
+        for a write rolled back). A cancellation waits for the transaction to finish: a
+        write is never half-done. `durable=False` lets the commit skip waiting for the
+        disk (`synchronous=NORMAL`) when every write of its group allows it: it is atomic
+        and stays consistent, but a power loss may undo it until the next durable commit.
+        Only for writes whose loss is harmless (a record that something was sent, when
+        sending it again is safe).
         """
-
-        def run() -> tuple[T, Tx]:
-            conn = self.db.conn
-            if not durable:
-                conn.execute("PRAGMA synchronous = NORMAL")
-            try:
-                with self.transaction(publish=False) as tx:
-                    return fn(tx), tx
-            finally:
-                if not durable:
-                    conn.execute("PRAGMA synchronous = FULL")
-
+        self.db  # noqa: B018 - raises when the store is not open
+        write = _Write(fn, durable)
         with anyio.CancelScope(shield=True):
-            try:
-                result, tx = await anyio.to_thread.run_sync(run, limiter=self._limiter)
-            except (sqlite3.OperationalError, OSError) as e:
-                if not _disk_full(e):
-                    raise
+            self._queued.append(write)
+            if self._leading:
+                await write.woken.wait()
+            while not write.done:  # this caller leads: it commits everything queued
+                self._leading = True
+                group, self._queued = self._queued, []
+                try:
+                    await anyio.to_thread.run_sync(self._commit, group, limiter=self._limiter)
+                finally:
+                    for w in group:
+                        w.done = True
+                    self._publish_done(group)
+                    if self._queued:  # the next in line leads the next group
+                        self._queued[0].woken.set()
+                    else:
+                        self._leading = False
+                    for w in group:
+                        w.woken.set()
+        if write.error is not None:
+            if isinstance(write.error, sqlite3.OperationalError | OSError) and _disk_full(
+                write.error
+            ):
                 raise Refused(
                     f"the disk holding {self.path.parent} is full: nothing was written; "
                     "free some space and try again"
-                ) from e
-        self._publish_all(tx)
-        return result
+                ) from write.error
+            raise write.error
+        return cast(T, write.result)
+
+    def _commit(self, group: list[_Write]) -> None:
+        """One transaction for `group` (on the store's thread): a savepoint per write when
+        there are several. Each write ends with its result or its error."""
+        conn = self.db.conn
+        durable = any(w.durable for w in group)
+        alone = len(group) == 1
+        if not durable:
+            conn.execute("PRAGMA synchronous = NORMAL")
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for w in group:
+                w.tx = Tx(self.db)
+                if alone:
+                    w.result = w.fn(w.tx)
+                    continue
+                conn.execute("SAVEPOINT write")
+                try:
+                    w.result = w.fn(w.tx)
+                except Exception as e:
+                    if not conn.in_transaction:  # the error undid the whole transaction
+                        raise
+                    conn.execute("ROLLBACK TO write")
+                    w.error, w.tx = e, None
+                conn.execute("RELEASE write")
+            conn.execute("COMMIT")
+        except BaseException as e:
+            if conn.in_transaction:  # also when the COMMIT itself failed (a full disk)
+                conn.execute("ROLLBACK")
+            for w in group:  # nothing of the group was written
+                w.tx = None
+                if w.error is None:
+                    w.error = e
+            if not isinstance(e, Exception):
+                raise
+        finally:
+            if not durable:
+                conn.execute("PRAGMA synchronous = FULL")
+
+    def _publish_done(self, group: list[_Write]) -> None:
+        for w in group:
+            if w.error is None and w.tx is not None:
+                self._publish_all(w.tx)
 
     async def read(self, fn: Callable[[sqlite_utils.Database], T]) -> T:
         """Run `fn(db)` on the store's read connection, in a thread of its own: it sees

@@ -57,14 +57,13 @@ class Launcher:
         """Spawn the process of claimed run `row`; its pid. `workspace_shared`: another
         run is active in its workspace. Raises OSError or ValueError when it cannot start.
 
-        Every directory, file and the spawn itself are made in a worker thread: the event
-        loop, which answers every caller, never waits on the filesystem."""
+        Every directory, file and the spawn itself are made in a worker thread (one trip):
+        the event loop, which answers every caller, never waits on the filesystem."""
         run_id = row["id"]
         spec = self.agents[row["agent"]]
         run_dir = Path(row["run_dir"])
         workspace = self.root / row["workspace"]
         env = self.environment(spec, run_id, workspace)
-        await anyio.to_thread.run_sync(self.make_dirs, run_dir, row["workspace"])
         previous = row.get("previous_run")
         if previous:
             env["FLEETBUS_PREVIOUS_RUN_ID"] = previous
@@ -72,9 +71,8 @@ class Launcher:
             log.info("run %s: no earlier run in %s: started without context", run_id, workspace)
         prompt = row["prompt"]
         if previous and spec.context != "none":
+            await anyio.to_thread.run_sync(self.make_dirs, run_dir, row["workspace"])
             prompt = await self.with_context(spec, previous, prompt, run_dir, env)
-        if not workspace_shared:
-            await self.take_leftover(row["workspace"], run_id, run_dir)
         prompt_file = run_dir / "prompt.txt"
         argv = spec.render(
             prompt if spec.prompt == "arg" else None,
@@ -85,6 +83,10 @@ class Launcher:
         )
 
         def start() -> int:
+            # one trip to a worker thread for all of it: a start costs one hop, not four
+            self.make_dirs(run_dir, row["workspace"])
+            if not workspace_shared:
+                self.take_leftover(row["workspace"], run_id, run_dir)
             if spec.prompt != "arg":
                 prompt_file.write_text(prompt)
             return processes.spawn(
@@ -139,14 +141,13 @@ class Launcher:
         context = followup.text(before, limit)
         return followup.prefixed(context, prompt, answers=before.question is not None)
 
-    async def take_leftover(self, workspace: str, run_id: str, run_dir: Path) -> None:
+    def take_leftover(self, workspace: str, run_id: str, run_dir: Path) -> None:
         """Take a question that is already in the workspace when a run starts into the
-        run's directory (`leftover-question.md`), so it is never taken for its own."""
-        if not await anyio.to_thread.run_sync(questions.present, self.root / workspace):
+        run's directory (`leftover-question.md`), so it is never taken for its own.
+        Blocking: call it in a worker thread."""
+        if not questions.present(self.root / workspace):
             return
-        taken = await anyio.to_thread.run_sync(
-            questions.take, self.root, workspace, run_id, run_dir / "leftover-question.md"
-        )
+        taken = questions.take(self.root, workspace, run_id, run_dir / "leftover-question.md")
         log.info(
             "run %s: took a leftover %s out of %s before it started%s",
             run_id,

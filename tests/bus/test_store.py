@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+from functools import partial
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -215,5 +216,104 @@ async def test_a_write_that_need_not_be_durable_commits_and_full_sync_comes_back
         assert await store.write(lambda tx: modes(tx)) == 2  # FULL again for the next
         found = await store.read(lambda db: db.execute("SELECT n FROM items").fetchall())
         assert [tuple(r) for r in found] == [(7,)]
+    finally:
+        store.close()
+
+
+async def test_writes_arriving_during_a_commit_commit_together_and_a_failing_one_alone(
+    tmp_path: Path,
+) -> None:
+    """Group commit: 100 writers queued behind a commit share the next transaction; the
+    one that fails is rolled back alone (its caller gets its error, its message is never
+    published) and the others' rows and messages all land, after that one COMMIT."""
+    async with Bus() as bus:
+        store = Store(tmp_path / "f.db", bus.publish)
+        store.open()
+        store.migrate([("test", make_migrations())])
+        statements: list[str] = []
+        store.db.conn.set_trace_callback(statements.append)
+        sub = bus.open_subscription(["test.saved"], buffer=200)
+        entered, proceed = threading.Event(), threading.Event()
+
+        def first(tx: Tx) -> None:
+            entered.set()
+            proceed.wait(10)
+            tx.execute("INSERT INTO items (n) VALUES (-1)")
+
+        def save(n: int) -> Any:
+            def fn(tx: Tx) -> int:
+                tx.execute("INSERT INTO items (n) VALUES (?)", [n])
+                tx.publish(Saved(n=n))
+                if n == 37:
+                    raise ValueError("writer 37 fails")
+                return n
+
+            return fn
+
+        results: dict[int, Any] = {}
+
+        async def writer(n: int) -> None:
+            try:
+                results[n] = await store.write(save(n))
+            except ValueError as e:
+                results[n] = e
+
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(store.write, first)
+                await anyio.to_thread.run_sync(entered.wait, 5)
+                for n in range(100):
+                    tg.start_soon(writer, n)
+                await anyio.wait_all_tasks_blocked()  # all 100 wait behind the first commit
+                proceed.set()
+            assert isinstance(results.pop(37), ValueError)
+            assert results == {n: n for n in range(100) if n != 37}
+            rows = [r["n"] for r in store.db.execute("SELECT n FROM items ORDER BY id")]
+            assert rows == [-1, *(n for n in range(100) if n != 37)]
+            assert sum(s == "COMMIT" for s in statements) == 2  # the first, then the group
+            assert statements.count("ROLLBACK TO write") == 1
+            published = [e.message.n for e in bus.history() if isinstance(e.message, Saved)]
+            assert published == [n for n in range(100) if n != 37]
+            with anyio.fail_after(5):  # and a subscriber gets them, in that order
+                got = [(await sub.receive()).message for _ in range(99)]
+            assert [m.n for m in got if isinstance(m, Saved)] == published
+        finally:
+            store.close()
+
+
+async def test_a_write_alone_needs_no_savepoint_and_a_group_is_durable_if_one_write_is(
+    tmp_path: Path,
+) -> None:
+    store = Store(tmp_path / "f.db")
+    store.open()
+    store.migrate([("test", make_migrations())])
+    statements: list[str] = []
+    store.db.conn.set_trace_callback(statements.append)
+    entered, proceed = threading.Event(), threading.Event()
+    modes: list[int] = []
+
+    def first(tx: Tx) -> None:
+        entered.set()
+        proceed.wait(10)
+
+    def mode(tx: Tx) -> None:
+        modes.append(int(tx.execute("PRAGMA synchronous").fetchone()[0]))
+
+    try:
+        await store.write(mode)
+        assert not any(s.startswith("SAVEPOINT") for s in statements)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(store.write, first)
+            await anyio.to_thread.run_sync(entered.wait, 5)
+            tg.start_soon(partial(store.write, mode, durable=False))
+            tg.start_soon(partial(store.write, mode, durable=True))
+            await anyio.wait_all_tasks_blocked()
+            proceed.set()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(store.write, first)  # `entered` is set: it goes straight on
+            tg.start_soon(partial(store.write, mode, durable=False))
+            tg.start_soon(partial(store.write, mode, durable=False))
+        assert modes[:3] == [2, 2, 2]  # FULL alone, and for a group with one durable write
+        assert set(modes[3:]) <= {1, 2} and len(modes) == 5
     finally:
         store.close()
