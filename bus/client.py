@@ -23,11 +23,12 @@ import anyio.to_thread
 from anyio.streams.buffered import BufferedByteReceiveStream
 from anyio.streams.memory import MemoryObjectSendStream
 
+from .blockingclient import HUB_CLOSED, reply_error, too_large_request
 from .context import Context
 from .core import dump_result
-from .errors import BusError, ConnectionFailed, InvalidInput, error_from_dict, unwrap_group
+from .errors import BusError, ConnectionFailed, InvalidInput, unwrap_group
 from .hubstart import START_TIMEOUT, can_connect, check_socket_owner, ensure_hub_blocking
-from .ipc import BUS_ERROR, CALLER_ERRORS, MAX_LINE, TOO_LARGE, encode, guess_id, receive_line
+from .ipc import MAX_LINE, TOO_LARGE, encode, guess_id, receive_line
 from .paths import Home
 
 
@@ -147,11 +148,8 @@ class HubClient:
             lost = {
                 "error": {
                     "code": -32000,
-                    "message": "the hub closed the connection",
-                    "data": {
-                        "type": "ConnectionFailed",
-                        "message": "the hub closed the connection",
-                    },
+                    "message": HUB_CLOSED,
+                    "data": {"type": "ConnectionFailed", "message": HUB_CLOSED},
                 }
             }
             for waiter in self._pending.values():
@@ -170,10 +168,7 @@ class HubClient:
         req = {"jsonrpc": "2.0", "id": req_id, "method": method, "params": dict(params or {})}
         data = encode(req)
         if len(data) > MAX_LINE:  # the hub would refuse it: say so without sending it
-            what = (params or {}).get("action") if method == "perform" else None
-            raise InvalidInput(
-                f"{what or method}: {TOO_LARGE}", [{"field": "(input)", "message": TOO_LARGE}]
-            )
+            raise too_large_request(method, params or {})
         waiter = self._pending[req_id] = _Reply()
         try:
             async with self._send_lock:
@@ -184,7 +179,7 @@ class HubClient:
         finally:
             self._pending.pop(req_id, None)
         if "error" in reply:
-            raise _reply_error(reply["error"])
+            raise reply_error(reply["error"])
         return reply.get("result")
 
     async def perform(
@@ -275,20 +270,6 @@ class HubClient:
                     contextlib.suppress(BusError),
                 ):
                     await self.call("unsubscribe", {"subscription": sid})
-
-
-def _reply_error(err: Any) -> BusError:
-    """The error a hub's JSON-RPC reply stands for, blamed by its code: the caller's
-    (InvalidInput), a bus error (its own type), or the hub's own (BusError)."""
-    if not isinstance(err, dict):
-        return BusError(f"the hub answered with a malformed error: {err!r}")
-    data, code = err.get("data"), err.get("code")
-    message = str(err.get("message", "the request failed"))
-    if code == BUS_ERROR and isinstance(data, dict) and "type" in data:
-        return error_from_dict(data)
-    if code in CALLER_ERRORS:
-        return InvalidInput(message)
-    return BusError(f"the hub failed: {message}")
 
 
 class LocalClient:

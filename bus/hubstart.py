@@ -8,16 +8,18 @@ from __future__ import annotations
 
 import os
 import socket
-import subprocess
 import sys
-import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .errors import ConnectionFailed
 from .lock import blocking_lock, is_locked
 from .paths import Home
+
+if TYPE_CHECKING:
+    import subprocess
 
 START_TIMEOUT = 20.0
 
@@ -54,6 +56,9 @@ def hub_command() -> list[str]:
 
 def spawn_hub(home: Home, env: Mapping[str, str]) -> subprocess.Popen[bytes]:
     """Start a detached hub: own session, stdin from /dev/null, output to the home's log."""
+    import subprocess  # here: a client that finds its hub running never needs it
+    import threading
+
     home.ensure()
     child_env = dict(env)
     child_env["FLEETBUS_HOME"] = str(home.root)

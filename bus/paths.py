@@ -1,11 +1,13 @@
-"""Where a hub keeps its files: `FLEETBUS_HOME` and what lives in it."""
+"""Where a hub keeps its files: `FLEETBUS_HOME` and what lives in it.
+
+Every `fleetbus call` imports it: what only a home with a path too long for a socket
+needs (hashlib, tempfile) is imported there.
+"""
 
 from __future__ import annotations
 
-import hashlib
 import os
 import stat
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,6 +75,8 @@ class Home:
         path = self.root / "hub.sock"
         if len(os.fsencode(path)) <= MAX_SOCKET_PATH:
             return path
+        import hashlib
+
         digest = hashlib.sha256(os.fsencode(self.root)).hexdigest()[:16]
         return self.socket_dir / f"{digest}.sock"
 
@@ -81,6 +85,8 @@ class Home:
         path = self.root / "hub.sock"
         if len(os.fsencode(path)) <= MAX_SOCKET_PATH:
             return self.root
+        import tempfile
+
         return Path(tempfile.gettempdir()) / f"fleetbus-{os.getuid()}"
 
     def ensure(self) -> None:

@@ -6,13 +6,11 @@ Exit codes: 0 success; 1 the action refused or failed (the clear message on stde
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
 import signal
 import sys
-import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
@@ -21,16 +19,14 @@ import anyio
 import click
 
 from fleetbus.bus.client import Client, connect
-from fleetbus.bus.errors import BusError, ConfigError, ConnectionFailed, StartupError, unwrap_group
-from fleetbus.bus.lock import is_locked
+from fleetbus.bus.errors import BusError, unwrap_group
 from fleetbus.bus.paths import Home
 from fleetbus.bus.version import version
 
-T = TypeVar("T")
+from . import fastcli
+from .fastcli import CONNECTION_ERRORS, EXIT_FAILED, EXIT_USAGE, format_envelope
 
-EXIT_FAILED = 1
-EXIT_USAGE = 2
-CONNECTION_ERRORS = (ConnectionFailed, StartupError, ConfigError)
+T = TypeVar("T")
 
 
 def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
@@ -86,20 +82,14 @@ def cli(ctx: click.Context, home: Path | None, embedded: bool) -> None:
 
 
 def parse_json_input(text: str | None, what: str) -> Any:
-    if text is None:
-        return {}
-    if text == "-":
-        text = sys.stdin.read()
     try:
-        return json.loads(text)
-    except ValueError as e:
-        fail(
-            f'{what}: the input is not valid JSON ({e}); pass an object such as \'{{"name": "ada"}}\''
-        )
+        return fastcli.json_input(text, what)
+    except fastcli.UsageError as e:
+        fail(str(e))
 
 
 def print_json(data: Any) -> None:
-    click.echo(json.dumps(data, indent=2, default=str))
+    click.echo(fastcli.json_text(data))
 
 
 @cli.command()
@@ -173,14 +163,6 @@ def plugins(opts: Options, as_json: bool) -> None:
         click.echo(f"{s['name']}  skipped: {s['why']}")
 
 
-def format_envelope(env: dict[str, Any]) -> str:
-    stamp = time.strftime("%H:%M:%S", time.localtime(env.get("ts", time.time())))
-    data = env.get("data", {})
-    if env.get("topic") == "channel":
-        return f"{stamp} [{data.get('channel')}] {data.get('content')}"
-    return f"{stamp} {env.get('topic')} {json.dumps(data, default=str)}"
-
-
 @cli.command()
 @click.option(
     "--channel", "channels", multiple=True, help="Only channel events on this channel (repeatable)."
@@ -206,7 +188,7 @@ def tail(
     async def go(client: Client) -> None:
         count = 0
         async with client.subscribe(wanted or None, since=since) as messages:
-            click.echo("listening; Ctrl-C to stop", err=True)
+            click.echo(fastcli.LISTENING, err=True)
             async for env in messages:
                 if (
                     channels
@@ -226,36 +208,7 @@ def tail(
 @pass_options
 def stop(opts: Options) -> None:
     """Ask the running hub of this home to stop (its agents are left running)."""
-    from fleetbus.bus.client import HubClient
-
-    async def go() -> int:
-        async with HubClient.open(opts.home.socket) as client:
-            pid = int((await client.hello())["pid"])
-            # the hub may close the connection while stopping: that is the answer too
-            with contextlib.suppress(ConnectionFailed):
-                await client.shutdown()
-            return pid
-
-    try:
-        pid = anyio.run(go)
-    except ConnectionFailed:
-        click.echo(f"no hub is running for {opts.home.root}")
-        return
-    # return once the hub process is gone, so a following command never meets a dying hub
-    deadline = time.monotonic() + 30
-    while (is_locked(opts.home.lock) or process_running(pid)) and time.monotonic() < deadline:
-        time.sleep(0.02)
-    click.echo(f"hub {pid} stopped")
-
-
-def process_running(pid: int) -> bool:
-    """True while `pid` runs (a zombie, which nobody may reap for a detached hub, is gone)."""
-    import psutil
-
-    try:
-        return bool(psutil.Process(pid).status() != psutil.STATUS_ZOMBIE)
-    except psutil.NoSuchProcess:
-        return False
+    fastcli.stop(opts.home)
 
 
 @cli.command()

@@ -1,6 +1,7 @@
 """The `fleetbus` command's entry point: `fleetbus serve` (stdio) goes straight to the
-stdlib-only relay, so an MCP client gets its `initialize` answer at once; every other
-command loads the full CLI."""
+stdlib-only relay, so an MCP client gets its `initialize` answer at once; `call`, `tail`
+and `stop` go to the stdlib-only `fastcli` when it understands their arguments; every
+other command loads the full CLI."""
 
 from __future__ import annotations
 
@@ -27,11 +28,17 @@ def stdio_serve(args: list[str]) -> Path | bool | None:
 
 
 def main() -> None:
-    home = stdio_serve(sys.argv[1:])
+    args = sys.argv[1:]
+    home = stdio_serve(args)
     if home is not False:
         from .relay import main as relay_main
 
         sys.exit(relay_main(home if isinstance(home, Path) else None))
+    from . import fastcli
+
+    parsed = fastcli.parse(args)
+    if parsed is not None:
+        sys.exit(fastcli.run(*parsed))
     from .cli import main as cli_main
 
     cli_main()

@@ -24,6 +24,7 @@ BENCH = Path(__file__).resolve().parent / "bench"
         "bench_assistant_loop.py",
         "bench_agentic.py",
         "bench_sync.py",
+        "bench_cli.py",
     ],
 )
 def test_benchmark_runs_and_its_checks_hold(script: str) -> None:

@@ -9,7 +9,8 @@ from typing import Any
 import anyio
 import pytest
 
-from fleetbus.bus.client import HubClient, _reply_error
+from fleetbus.bus.blockingclient import reply_error as _reply_error
+from fleetbus.bus.client import HubClient
 from fleetbus.bus.errors import BusError, ConnectionFailed, InvalidInput
 from fleetbus.bus.ipc import INTERNAL_ERROR, INVALID_PARAMS, MAX_IN_FLIGHT
 from fleetbus.testing.hub import embedded_hub

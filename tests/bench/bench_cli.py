@@ -1,0 +1,269 @@
+"""Benchmark of `fleetbus call hub.ping` (the hub already running) against a bare Python
+start that imports what any socket client needs, in the same run.
+
+Run it as a script (it is not a pytest test)::
+
+    python tests/bench/bench_cli.py            # full run, about half a minute
+    python tests/bench/bench_cli.py --quick    # smoke run, a few seconds
+    python tests/bench/bench_cli.py --json     # the results as JSON on stdout
+
+Both sides are fresh processes of this interpreter, timed from spawn to exit with their
+output captured:
+
+- baseline: `python -c "import json, socket"`;
+- fleetbus: the `fleetbus` console script next to this interpreter (else
+  `python -m fleetbus.server`) running `call hub.ping '{"echo": ...}'` against a hub
+  started beforehand (`fleetbus hub`) in a fresh temporary FLEETBUS_HOME, stopped at the end.
+
+A side's figure is the wall time of one command in milliseconds (goal: fleetbus/baseline
+<= 3x: `call`, `tail` and `stop` load no heavy library, see server/fastcli.py). Shared
+machines are noisy, so each round runs both sides in alternating order; a round's figure
+is the median of its runs, the ratio the median of the per-round ratios. Timings are
+reported, never asserted; the exit status is 1 only when a check fails: a call that did not
+exit 0 or printed a wrong answer, a second hub started, a process left running.
+
+Another script gets the Result with `from bench_cli import bench_call` (this folder on
+sys.path, as for `common`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from common import BenchError, aligned, leftovers, log, no_nan
+
+from fleetbus.bus.lock import read_pid
+from fleetbus.bus.paths import Home
+from fleetbus.bus.version import version
+from fleetbus.testing.hub import hub_process, isolated_env
+
+GOAL = 3.0
+BASELINE = [sys.executable, "-c", "import json, socket"]
+
+
+@dataclass(frozen=True)
+class Profile:
+    rounds: int
+    runs: int  # commands per side and round
+
+
+FULL = Profile(rounds=15, runs=10)
+QUICK = Profile(rounds=5, runs=3)
+
+
+@dataclass
+class Result:
+    name: str
+    unit: str
+    goal: str  # e.g. "<= 3x"
+    baseline: float
+    fleetbus: float
+    ratio: float  # fleetbus / baseline, median of the per-round ratios
+    met: bool | None  # None: no goal (information)
+    valid: bool = True
+    problems: list[str] = field(default_factory=list)
+    rounds: dict[str, list[float]] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def fleetbus_command() -> list[str]:
+    script = Path(sys.executable).with_name("fleetbus")
+    if script.exists():
+        return [str(script)]
+    return [sys.executable, "-m", "fleetbus.server"]
+
+
+def timed(argv: list[str], env: dict[str, str], cwd: Path) -> tuple[float, str, str, int]:
+    """(milliseconds from spawn to exit, stdout, stderr, exit status) of one command."""
+    t0 = time.perf_counter()
+    proc = subprocess.run(
+        argv,
+        env=env,
+        cwd=cwd,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    spent = (time.perf_counter() - t0) * 1000
+    return spent, proc.stdout, proc.stderr, proc.returncode
+
+
+def check_pong(out: str, err: str, code: int, echo: str) -> None:
+    """The call exited 0 and printed hub.ping's answer to `echo`, as the CLI formats it."""
+    if code != 0:
+        raise BenchError(f"fleetbus call exited {code}: {err.strip()[-300:]}")
+    try:
+        pong = json.loads(out)
+    except ValueError as e:
+        raise BenchError(f"fleetbus call printed no JSON ({e}): {out[:200]!r}") from None
+    if pong.get("echo") != echo or pong.get("version") != version():
+        raise BenchError(f"fleetbus call answered {pong!r}, expected echo {echo!r}")
+    if out != json.dumps(pong, indent=2) + "\n":
+        raise BenchError(f"fleetbus call's output is not the CLI's format: {out[:200]!r}")
+
+
+def bench_call(profile: Profile = FULL) -> Result:
+    """Wall time of `fleetbus call hub.ping` against `python -c "import json, socket"`;
+    a check that fails makes the Result invalid (its `problems` say why)."""
+    try:
+        return _bench_call(profile)
+    except (BenchError, OSError, RuntimeError, subprocess.SubprocessError) as e:
+        return invalid(f"{type(e).__name__}: {e}")
+
+
+def _bench_call(profile: Profile) -> Result:
+    fleetbus = fleetbus_command()
+    with tempfile.TemporaryDirectory(prefix="fb-bench-cli-") as tmp:
+        root = Path(tmp)
+        home = root / "home"
+        env = isolated_env(home)
+        problems: list[str] = []
+        try:
+            with hub_process(home, env, "--idle-timeout", "0") as hub:
+
+                def baseline(i: int) -> float:
+                    return timed(BASELINE, env, root)[0]
+
+                def subject(i: int) -> float:
+                    return call(fleetbus, env, root, f"run {i}")
+
+                sides = {"baseline": baseline, "fleetbus": subject}
+                for i in range(3):  # warm up: page cache, bytecode, the hub's first call
+                    sides["baseline"](i)
+                    sides["fleetbus"](i)
+                base: list[float] = []
+                subj: list[float] = []
+                for r in range(profile.rounds):
+                    order = ("baseline", "fleetbus") if r % 2 == 0 else ("fleetbus", "baseline")
+                    spent: dict[str, list[float]] = {"baseline": [], "fleetbus": []}
+                    for n in range(profile.runs):
+                        for side in order:
+                            spent[side].append(sides[side](r * profile.runs + n))
+                    b, s = (
+                        statistics.median(spent["baseline"]),
+                        statistics.median(spent["fleetbus"]),
+                    )
+                    base.append(b)
+                    subj.append(s)
+                    log(
+                        f"  round {r + 1} ({order[0]} first): baseline {b:.1f}ms, "
+                        f"fleetbus {s:.1f}ms ({s / b:.2f}x)"
+                    )
+                if read_pid(Home(home).lock) != hub.pid:
+                    problems.append("the calls did not all reach the hub started for the bench")
+        finally:
+            left = leftovers(root)
+            if left:
+                problems.append(f"processes left running: {left[:5]}")
+        if problems:
+            raise BenchError("; ".join(problems))
+    ratio = statistics.median(s / b for b, s in zip(base, subj, strict=True))
+    return Result(
+        name="fleetbus call hub.ping (hub running)",
+        unit="ms",
+        goal=f"<= {GOAL:g}x",
+        baseline=statistics.median(base),
+        fleetbus=statistics.median(subj),
+        ratio=ratio,
+        met=ratio <= GOAL,
+        rounds={"baseline": base, "fleetbus": subj},
+        extra={"command": [*fleetbus, "call", "hub.ping"], "runs": profile.runs},
+    )
+
+
+def call(fleetbus: list[str], env: dict[str, str], cwd: Path, echo: str) -> float:
+    spent, out, err, code = timed(
+        [*fleetbus, "call", "hub.ping", json.dumps({"echo": echo})], env, cwd
+    )
+    check_pong(out, err, code, echo)
+    return spent
+
+
+def invalid(problem: str) -> Result:
+    return Result(
+        "fleetbus call hub.ping (hub running)",
+        "ms",
+        f"<= {GOAL:g}x",
+        math.nan,
+        math.nan,
+        math.nan,
+        False,
+        False,
+        [problem],
+    )
+
+
+# -- report ------------------------------------------------------------------------------------
+def fmt(value: float, unit: str) -> str:
+    return "-" if math.isnan(value) else f"{value:,.1f}{unit}"
+
+
+def table(results: list[Result]) -> str:
+    rows = [("name", "baseline", "fleetbus", "ratio", "goal", "met?")]
+    for r in results:
+        met = "INVALID" if not r.valid else ("-" if r.met is None else ("yes" if r.met else "NO"))
+        ratio = "-" if math.isnan(r.ratio) else f"{r.ratio:.2f}x"
+        rows.append((r.name, fmt(r.baseline, r.unit), fmt(r.fleetbus, r.unit), ratio, r.goal, met))
+    return aligned(rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="few runs (CI smoke run)")
+    parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    parser.add_argument("--rounds", type=int, default=None, help="override the round count")
+    parser.add_argument("--runs", type=int, default=None, help="override the runs per round")
+    args = parser.parse_args(argv)
+    profile = QUICK if args.quick else FULL
+    if args.rounds:
+        profile = Profile(**{**asdict(profile), "rounds": args.rounds})
+    if args.runs:
+        profile = Profile(**{**asdict(profile), "runs": args.runs})
+
+    started = time.perf_counter()
+    log("bench call ...")
+    results = [bench_call(profile)]
+    elapsed = time.perf_counter() - started
+    verdicts = ", ".join(f"{r.ratio:.2f}x" if r.valid else "INVALID" for r in results)
+    log(f"bench call: {verdicts} in {elapsed:.1f}s")
+
+    if args.json:
+        doc = {
+            "profile": "quick" if args.quick else "full",
+            "settings": asdict(profile),
+            "python": platform.python_version(),
+            "cpus": os.cpu_count(),
+            "elapsed_s": round(elapsed, 2),
+            "ratio": "median of per-round fleetbus/baseline ratios (milliseconds per command)",
+            "results": [asdict(r) for r in results],
+        }
+        print(json.dumps(no_nan(doc), indent=2))
+    else:
+        print(table(results))
+        for r in results:
+            for problem in r.problems:
+                print(f"{r.name}: INVALID: {problem}")
+        print(
+            f"({profile.rounds} rounds x {profile.runs} runs, sides alternating; ratio = median "
+            f"of per-round ratios; baseline `{' '.join(BASELINE[1:])}`; fleetbus "
+            f"`{' '.join(fleetbus_command())} call hub.ping`; python {platform.python_version()}; "
+            f"{os.cpu_count()} CPUs; {elapsed:.1f}s)"
+        )
+    return 0 if all(r.valid for r in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
