@@ -52,6 +52,11 @@ class ActionSpec:
     arity: int = 1
     field_names: frozenset[str] = field(default_factory=frozenset)
     allows_extra: bool = False
+    # the input model's `validate_python`, bound once (when the model is complete): looking
+    # it up on the model class on every call costs about 5% of a trivial `perform`
+    validate_dict: Callable[[Any], BaseModel] | None = field(
+        default=None, compare=False, repr=False
+    )
 
     @property
     def validator(self) -> Any:
@@ -140,6 +145,10 @@ def make_spec(
         arity=len(params),
         field_names=frozenset(names),
         allows_extra=input_model.model_config.get("extra") == "allow",
+        # a model with unresolved forward references is rebuilt on first use: look it up then
+        validate_dict=input_model.__pydantic_validator__.validate_python
+        if input_model.__pydantic_complete__
+        else None,
     )
 
 

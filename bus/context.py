@@ -11,7 +11,6 @@ import os
 import secrets
 from collections.abc import Callable, Mapping
 from contextvars import ContextVar
-from dataclasses import dataclass, field, replace
 from typing import Any
 
 _PREFIX = f"{os.getpid():x}{secrets.token_hex(3)}"
@@ -26,34 +25,72 @@ def new_id() -> str:
 ProgressReporter = Callable[[float | None, str], None]
 
 
-@dataclass(slots=True)
 class Context:
     """Correlation id, caller and parent of one call.
 
     `caller` says who started the chain: `cli`, `mcp:<session>`, `run:<run_id>`, `hub`.
     `origin` carries string facts a front end wants back with the messages (an MCP
     session id, say). `job_id` is set while the call runs as a background job.
-    Treat a context as immutable: derive new ones with `child()` (it is not a frozen
-    dataclass only because that makes creating one, on every call, twice as slow).
+    Treat a context as immutable: derive new ones with `child()`.
+
+    A plain class, not a dataclass, because one is made on every call: the generated
+    `__init__` took three times as long. A new context takes its number at once but
+    formats its id only when read (most ids never are); threads reading it at the same
+    moment format the same string.
     """
 
-    correlation_id: str = field(default_factory=new_id)
-    caller: str = "local"
-    parent_id: str | None = None
-    origin: Mapping[str, str] = field(default_factory=dict)
-    job_id: str | None = None
-    _reporter: ProgressReporter | None = field(default=None, compare=False, repr=False)
+    __slots__ = ("_id", "_n", "_reporter", "caller", "job_id", "origin", "parent_id")
+    __match_args__ = ("correlation_id", "caller", "parent_id", "origin", "job_id", "_reporter")
+
+    def __init__(
+        self,
+        correlation_id: str | None = None,
+        caller: str = "local",
+        parent_id: str | None = None,
+        origin: Mapping[str, str] | None = None,
+        job_id: str | None = None,
+        _reporter: ProgressReporter | None = None,
+    ) -> None:
+        self._id = correlation_id
+        self._n = next(_COUNTER) if correlation_id is None else 0
+        self.caller = caller
+        self.parent_id = parent_id
+        self.origin: Mapping[str, str] = {} if origin is None else origin
+        self.job_id = job_id
+        self._reporter = _reporter
+
+    @property
+    def correlation_id(self) -> str:
+        cid = self._id
+        if cid is None:
+            cid = self._id = f"{_PREFIX}-{self._n:x}"  # what new_id() would have returned
+        return cid
+
+    def _fields(self) -> tuple[Any, ...]:
+        return (self.correlation_id, self.caller, self.parent_id, self.origin, self.job_id)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Context) and other.__class__ is self.__class__:
+            return self._fields() == other._fields()
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]  # compared by value, as the dataclass was
+
+    def __repr__(self) -> str:
+        return (
+            f"Context(correlation_id={self.correlation_id!r}, caller={self.caller!r}, "
+            f"parent_id={self.parent_id!r}, origin={self.origin!r}, job_id={self.job_id!r})"
+        )
 
     def child(self, *, caller: str | None = None) -> Context:
         """A new context caused by this one (same origin, this id as parent)."""
-        return Context(
-            caller=caller or self.caller,
-            parent_id=self.correlation_id,
-            origin=self.origin,
-        )
+        # positional: a class called with keywords packs them into a dict first
+        return Context(None, caller or self.caller, self.correlation_id, self.origin)
 
     def with_job(self, job_id: str, reporter: ProgressReporter) -> Context:
-        return replace(self, job_id=job_id, _reporter=reporter)
+        return Context(
+            self.correlation_id, self.caller, self.parent_id, self.origin, job_id, reporter
+        )
 
     def report_progress(self, progress: float | None = None, message: str = "") -> None:
         """Publish a progress message for the job this call runs in; a no-op otherwise."""

@@ -50,6 +50,7 @@ INTERNAL_ERROR = -32603  # the hub's own fault (logged with its traceback)
 BUS_ERROR = -32000  # a BusError: `data` carries its type, code and message
 CALLER_ERRORS = frozenset({PARSE_ERROR, INVALID_REQUEST, METHOD_NOT_FOUND, INVALID_PARAMS})
 MAX_IN_FLIGHT = 256  # requests one connection may have running; past that it is not read
+MAX_IDLE = 8  # idle workers a connection keeps (after a burst of concurrent requests)
 
 
 def peer_uid(stream: anyio.abc.SocketStream) -> int | None:
@@ -63,8 +64,13 @@ def peer_uid(stream: anyio.abc.SocketStream) -> int | None:
     return int(uid)
 
 
+# json.dumps with any option builds a new encoder on every call; one serves them all
+_encoder = json.JSONEncoder(separators=(",", ":"), default=str)
+
+
 def encode(obj: Any) -> bytes:
-    return json.dumps(obj, separators=(",", ":"), default=str).encode() + b"\n"
+    """One message as a line of compact JSON."""
+    return _encoder.encode(obj).encode() + b"\n"
 
 
 # -- the parameters of each method, checked at the boundary --------------------------------
@@ -186,21 +192,51 @@ UpgradeHandler = Callable[[Upgraded], Awaitable[None]]
 
 
 class Connection:
-    """One client: reads requests, runs each in its own task, serializes replies."""
+    """One client: reads requests, runs each in a task of its own, serializes replies."""
 
     def __init__(self, hub: Hub, stream: anyio.abc.SocketStream) -> None:
         self.hub = hub
         self.stream = stream
         self.reader = BufferedByteReceiveStream(stream)
         self.send_lock = anyio.Lock(fast_acquire=True)
+        self._sock: socket.socket | None = stream.extra(anyio.abc.SocketAttribute.raw_socket, None)
         self.subs: dict[str, Subscription] = {}
         self._next_sub = 0
         self.tg: anyio.abc.TaskGroup | None = None  # the connection's: its requests and pumps
         self.in_flight = anyio.Semaphore(MAX_IN_FLIGHT)
+        # idle workers wait on `_turns` for their turn to read (see `_work`); one turn is
+        # given per idle worker, so exactly one worker reads at any time
+        self._turns = anyio.Semaphore(0)
+        self._idle = 0
+        self._first = True  # the next request may ask for an upgrade
 
     async def send(self, obj: Any) -> None:
-        async with self.send_lock:
-            await self.stream.send(encode(obj))
+        """Write one message whole (messages of concurrent senders never interleave).
+
+        A line that fits in the socket's buffer is written at once, without the pass of
+        the event loop anyio's `send` waits first: on a round trip that pass costs as much
+        as encoding the reply. The rest of a line that does not fit goes through `send`.
+        """
+        data = encode(obj)
+        lock = self.send_lock
+        try:  # a free lock is taken without anyio's cancellation check
+            lock.acquire_nowait()
+        except anyio.WouldBlock:
+            await lock.acquire()
+        try:
+            if self._sock is not None:
+                try:
+                    sent = self._sock.send(data)
+                except BlockingIOError:
+                    sent = 0
+                except OSError as e:
+                    raise anyio.BrokenResourceError from e
+                if sent == len(data):
+                    return
+                data = data[sent:]
+            await self.stream.send(data)
+        finally:
+            lock.release()
 
     async def run(self) -> None:
         uid = peer_uid(self.stream)
@@ -217,38 +253,10 @@ class Connection:
             await self.stream.aclose()
             return
         self.hub.clients += 1
-        first = True
         try:
             async with anyio.create_task_group() as tg:
                 self.tg = tg
-                while True:
-                    try:
-                        line, too_large = await receive_line(self.reader)
-                    except (
-                        anyio.EndOfStream,
-                        anyio.IncompleteRead,
-                        anyio.BrokenResourceError,
-                        OSError,
-                    ):
-                        break
-                    if too_large:  # answer it and read on: the connection is not at fault
-                        first = False
-                        with contextlib.suppress(
-                            anyio.BrokenResourceError, anyio.ClosedResourceError, OSError
-                        ):
-                            await self.send(_error(guess_id(line), INVALID_REQUEST, TOO_LARGE))
-                        continue
-                    if not line.strip():
-                        continue
-                    if first:
-                        first = False
-                        upgrade = self.upgrade(line)
-                        if upgrade is not None:
-                            await upgrade
-                            break
-                    await self.in_flight.acquire()  # back-pressure, not an error
-                    tg.start_soon(self.handle, line)
-                tg.cancel_scope.cancel()
+                await self._work()
         finally:
             self.tg = None
             for sub in list(self.subs.values()):
@@ -257,6 +265,65 @@ class Connection:
             self.hub.clients -= 1
             with contextlib.suppress(Exception):
                 await self.stream.aclose()
+
+    async def _work(self) -> None:
+        """One of the connection's workers: read the next request, have another worker read
+        on, handle the request here, then wait (idle) for a turn to read again. At the end
+        of the stream or after an upgrade, end the connection's tasks.
+
+        Why workers, not a task started per request: starting an anyio task (its cancel
+        scope, event and wrapper coroutine) costs more than the rest of a round trip, and
+        the reply would also wait for the new task's first step; waking an idle worker
+        costs a future. Requests still run concurrently, each in a task of its own.
+        """
+        assert self.tg is not None
+        while True:
+            line = await self._next_request()
+            if line is None:
+                self.tg.cancel_scope.cancel()
+                return
+            if self._idle:
+                self._idle -= 1
+                self._turns.release()
+            else:
+                self.tg.start_soon(self._work)
+            try:
+                await self._handle(line)
+            finally:
+                self.in_flight.release()
+            if self._idle >= MAX_IDLE:
+                return
+            self._idle += 1
+            await self._turns.acquire()
+
+    async def _next_request(self) -> bytes | None:
+        """The next request line, with a slot of `in_flight` taken for it; None at the end of
+        the stream or once an upgrade handler is done with the connection."""
+        while True:
+            try:
+                line, too_large = await receive_line(self.reader)
+            except (anyio.EndOfStream, anyio.IncompleteRead, anyio.BrokenResourceError, OSError):
+                return None
+            if too_large:  # answer it and read on: the connection is not at fault
+                self._first = False
+                with contextlib.suppress(
+                    anyio.BrokenResourceError, anyio.ClosedResourceError, OSError
+                ):
+                    await self.send(_error(guess_id(line), INVALID_REQUEST, TOO_LARGE))
+                continue
+            if not line.strip():
+                continue
+            if self._first:
+                self._first = False
+                upgrade = self.upgrade(line)
+                if upgrade is not None:
+                    await upgrade
+                    return None
+            try:  # only the reading worker takes slots: no waiter is passed over
+                self.in_flight.acquire_nowait()
+            except anyio.WouldBlock:  # back-pressure, not an error
+                await self.in_flight.acquire()
+            return line
 
     def upgrade(self, line: bytes) -> Awaitable[None] | None:
         """When a connection's first request names one of the hub's upgrades (`mcp.open`),
@@ -279,13 +346,8 @@ class Connection:
             )
         )
 
-    async def handle(self, line: bytes) -> None:
-        try:
-            await self._handle(line)
-        finally:
-            self.in_flight.release()
-
     async def _handle(self, line: bytes) -> None:
+        """Answer one request line (a notification: run it, answer nothing)."""
         req_id = None
         notification = False  # a valid request without an id gets no reply
         try:
@@ -319,11 +381,11 @@ class Connection:
             except Rejected as e:
                 raise RpcError(INVALID_PARAMS, str(e)) from None
             try:  # the caller's fault, checked before the call: a TypeError later is ours
-                checked = model.model_validate(params)
+                checked = model.__pydantic_validator__.validate_python(params)
             except ValidationError as e:
                 raise _params_error(name, e) from None
             method = getattr(self, f"rpc_{name}")
-            result = await method(**{k: getattr(checked, k) for k in type(checked).model_fields})
+            result = await method(**checked.__dict__)  # a Params model's __dict__: its fields
             reply: dict[str, Any] = {"jsonrpc": "2.0", "id": req_id, "result": result}
         except RpcError as e:
             reply = _error(req_id, e.code, e.message, e.data)
@@ -457,7 +519,7 @@ class Connection:
 
 def _context(data: Any) -> Context:
     if data is None:
-        return Context(caller="ipc")
+        return Context(None, "ipc")  # positional: cheaper than with keywords
     if not isinstance(data, dict):
         raise RpcError(INVALID_PARAMS, "context must be an object")
     try:

@@ -200,6 +200,35 @@ async def test_context_round_trips_through_a_dict() -> None:
         Context.from_dict({"origin": ["not", "a", "mapping"]})
 
 
+def test_a_context_compares_by_value_and_keeps_its_id() -> None:
+    ctx = Context(caller="cli", origin={"session": "abc"})
+    other = Context(caller="cli", origin={"session": "abc"})
+    assert ctx.correlation_id == ctx.correlation_id  # formatted once, the same every time
+    assert ctx != other and ctx.correlation_id != other.correlation_id
+    copy = Context(ctx.correlation_id, "cli", None, {"session": "abc"})
+    assert copy == ctx and repr(copy) == repr(ctx)
+    assert repr(ctx).startswith(f"Context(correlation_id={ctx.correlation_id!r}, caller='cli'")
+    reports: list[tuple[float | None, str]] = []
+    job = ctx.with_job("j1", lambda p, m: reports.append((p, m)))
+    assert (job.correlation_id, job.caller, job.origin, job.job_id) == (
+        ctx.correlation_id,
+        "cli",
+        {"session": "abc"},
+        "j1",
+    )
+    job.report_progress(0.5, "half")
+    ctx.report_progress(1.0, "no job: ignored")
+    assert reports == [(0.5, "half")]
+    child = ctx.child(caller="run:r1")
+    assert (child.parent_id, child.caller, child.origin) == (
+        ctx.correlation_id,
+        "run:r1",
+        {"session": "abc"},
+    )
+    with pytest.raises(TypeError):
+        hash(ctx)
+
+
 async def test_timeout_raises_action_timeout() -> None:
     async with Bus() as bus:
         started = anyio.Event()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import Generator
@@ -29,6 +30,7 @@ from fleetbus.bus import (
 from fleetbus.bus.actions import ActionRegistrar
 from fleetbus.bus.client import HubClient
 from fleetbus.bus.hub import Hub
+from fleetbus.bus.ipc import MAX_IDLE
 from fleetbus.bus.lock import is_locked
 from fleetbus.bus.paths import Home
 from fleetbus.bus.queries import QueryRegistrar
@@ -475,6 +477,38 @@ async def test_requests_on_one_connection_run_concurrently(home: Path) -> None:
                 results.append((await client.perform("hub.ping", {"echo": "fast"}))["echo"])
             full.release.set()
         assert results == ["fast", "slow"]
+
+
+async def test_a_connection_reuses_its_workers_and_keeps_few_idle(home: Path) -> None:
+    """Requests waiting together on one connection each hold a worker, and a ping passes
+    them; once they are answered the connection keeps at most MAX_IDLE idle workers."""
+    full = Full()
+    waiting = MAX_IDLE * 3
+    async with (
+        embedded_hub(home, plugins=[("full", full)]) as hub,
+        HubClient.open(hub.socket_path) as client,
+    ):
+        await client.perform("hub.ping", {"echo": "warm"})
+        await anyio.wait_all_tasks_blocked()
+        before = len(asyncio.all_tasks())
+        for burst in range(2):
+            full.release = anyio.Event()
+            texts: list[str] = []
+
+            async def slow(text: str, texts: list[str] = texts) -> None:
+                texts.append((await client.perform("full.slow", {"text": text}))["text"])
+
+            with anyio.fail_after(30):
+                async with anyio.create_task_group() as tg:
+                    for n in range(waiting):
+                        tg.start_soon(slow, f"{burst}-{n}")
+                    while hub.bus.inflight < waiting:
+                        await anyio.wait_all_tasks_blocked()
+                    assert (await client.perform("hub.ping", {"echo": "past"}))["echo"] == "past"
+                    full.release.set()
+            assert sorted(texts) == sorted(f"{burst}-{n}" for n in range(waiting))
+            await anyio.wait_all_tasks_blocked()
+            assert len(asyncio.all_tasks()) <= before + MAX_IDLE
 
 
 async def test_subscribe_streams_messages_with_context_and_replays_since(home: Path) -> None:
