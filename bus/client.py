@@ -100,16 +100,22 @@ class HubClient:
         except OSError as e:
             raise ConnectionFailed(f"cannot connect to the hub at {path}: {e.strerror or e}") from e
         client = cls(stream)
-        with unwrap_group():
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(client._read_loop)
-                try:
-                    yield client
-                finally:
-                    client._closed = True
-                    with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
-                        await stream.aclose()
-                    tg.cancel_scope.cancel()
+        try:
+            with unwrap_group():
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(client._read_loop)
+                    try:
+                        yield client
+                    finally:
+                        client._closed = True
+                        tg.cancel_scope.cancel()
+        finally:
+            # closed only once the read loop has ended, its reader gone from the event
+            # loop: anyio closes a socket before it drops a pending read's registration,
+            # and asyncio's selector then keeps the dead entry, which the next file of the
+            # same number (an agent's pidfd) inherits without ever being polled
+            with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
+                await stream.aclose()
 
     async def _read_loop(self) -> None:
         try:

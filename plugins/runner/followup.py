@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .models import DispatchResult
+
 OPEN = "<fleetbus-context>"
 CLOSE = "</fleetbus-context>"
 TAIL_BYTES = 4000  # of the previous run's output
@@ -84,3 +86,17 @@ def _tail(value: str, size: int) -> str:
     if room <= 0:
         return CUT
     return CUT + "\n" + value.encode()[-room:].decode(errors="ignore").lstrip()
+
+
+def note_no_context(
+    result: DispatchResult, mode: str, previous: str | None, ahead: int
+) -> DispatchResult:
+    """`result`, saying so when a followup has no earlier run to continue (`ahead`: runs
+    queued before it in its workspace, which may yet give it one)."""
+    if mode != "followup" or previous is not None or ahead:
+        return result
+    if result.status == "running":
+        result.reason = NO_EARLIER_RUN
+    elif result.status == "queued":
+        result.reason = f"{result.reason}; {NO_EARLIER_RUN_YET}"
+    return result

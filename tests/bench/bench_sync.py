@@ -99,7 +99,11 @@ def _serve(conn: Connection, token: str) -> None:
                 break
             if ask == "wait":
                 wanted, timeout = arg
-                conn.send(fake.wait_for(lambda f, n=wanted: len(f.accepted()) >= n, timeout))
+
+                def enough(f: FakeFleetAPI, n: int = wanted) -> bool:
+                    return len(f.accepted()) >= n
+
+                conn.send(fake.wait_for(enough, timeout))
             elif ask == "accepted":
                 conn.send(fake.accepted())
             elif ask == "received":
