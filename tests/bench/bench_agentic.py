@@ -37,11 +37,10 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
-from common import BenchError, aligned, leftovers, log, no_nan
+from common import BenchError, Result, aligned, leftovers, log, no_nan
 
 from fleetbus.plugins.agentic import git
 
@@ -57,21 +56,6 @@ class Profile:
 
 FULL = Profile(rounds=3, count=200)
 QUICK = Profile(rounds=3, count=30)
-
-
-@dataclass
-class Result:
-    name: str
-    unit: str
-    goal: str  # e.g. "<= 1.5x", "info"
-    baseline: float
-    fleetbus: float
-    ratio: float  # fleetbus / baseline, median of the per-round ratios
-    met: bool | None  # None: no goal (information)
-    valid: bool = True
-    problems: list[str] = field(default_factory=list)
-    rounds: dict[str, list[float]] = field(default_factory=dict)
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def ratio_of(base: list[float], subj: list[float]) -> float:

@@ -38,11 +38,10 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
-from common import BenchError, aligned, leftovers, log, no_nan
+from common import BenchError, Result, aligned, leftovers, log, no_nan
 
 from fleetbus.bus.lock import read_pid
 from fleetbus.bus.paths import Home
@@ -61,21 +60,6 @@ class Profile:
 
 FULL = Profile(rounds=15, runs=10)
 QUICK = Profile(rounds=5, runs=3)
-
-
-@dataclass
-class Result:
-    name: str
-    unit: str
-    goal: str  # e.g. "<= 3x"
-    baseline: float
-    fleetbus: float
-    ratio: float  # fleetbus / baseline, median of the per-round ratios
-    met: bool | None  # None: no goal (information)
-    valid: bool = True
-    problems: list[str] = field(default_factory=list)
-    rounds: dict[str, list[float]] = field(default_factory=dict)
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def fleetbus_command() -> list[str]:

@@ -59,13 +59,13 @@ import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, suppress
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import anyio
 import anyio.abc
-from common import BenchError, aligned, leftovers, log, no_nan, percentile
+from common import BenchError, Result, aligned, leftovers, log, no_nan, percentile
 
 from fleetbus.bus.client import HubClient
 from fleetbus.bus.hub import Hub
@@ -121,21 +121,6 @@ QUICK = Profile(
     head_calls=50,
     queue_dispatches=4,
 )
-
-
-@dataclass
-class Result:
-    name: str
-    unit: str
-    goal: str  # e.g. ">= 0.7x", "p99 <= 50ms", "info"
-    baseline: float
-    fleetbus: float
-    ratio: float  # fleetbus / baseline, median of the per-round ratios
-    met: bool | None  # None: no goal (information)
-    valid: bool = True
-    problems: list[str] = field(default_factory=list)
-    rounds: dict[str, list[float]] = field(default_factory=dict)
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def ratio_of(base: list[float], subj: list[float]) -> float:

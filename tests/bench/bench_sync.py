@@ -43,14 +43,14 @@ import tempfile
 import threading
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
 import anyio
 import httpx2
-from common import BenchError, aligned, log, no_nan
+from common import BenchError, Result, aligned, log, no_nan
 
 from fleetbus.bus.version import version
 from fleetbus.plugins.sync import sync_of
@@ -72,21 +72,6 @@ class Profile:
 
 FULL = Profile(rounds=5, records=10_000)
 QUICK = Profile(rounds=5, records=1_000)
-
-
-@dataclass
-class Result:
-    name: str
-    unit: str
-    goal: str  # e.g. ">= 0.8x"
-    baseline: float
-    fleetbus: float
-    ratio: float  # fleetbus / baseline, median of the per-round ratios
-    met: bool | None  # None: no goal (information)
-    valid: bool = True
-    problems: list[str] = field(default_factory=list)
-    rounds: dict[str, list[float]] = field(default_factory=dict)
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def _serve(conn: Connection, token: str) -> None:

@@ -1,5 +1,6 @@
-"""What the benchmark scripts share: errors, logging, percentiles, JSON output and the
-check that a bench left no process behind. The scripts import it as `common` (they are
+"""What the benchmark scripts share: errors, the result of a ratio measured against a
+baseline, logging, percentiles, JSON output and the check that a bench left no process
+behind. The scripts import it as `common` (they are
 run as `python tests/bench/<script>.py`, which puts this folder on sys.path)."""
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ import os
 import sys
 from collections.abc import Sequence
 from contextlib import suppress
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +19,23 @@ import psutil
 
 class BenchError(Exception):
     """A correctness check failed: the numbers would not be comparable."""
+
+
+@dataclass
+class Result:
+    """One benchmark row: a figure of fleetbus against its baseline, measured in one run."""
+
+    name: str
+    unit: str
+    goal: str  # e.g. ">= 0.7x", "p99 <= 50ms", "info"
+    baseline: float
+    fleetbus: float
+    ratio: float  # fleetbus / baseline, median of the per-round ratios
+    met: bool | None  # None: no goal (information)
+    valid: bool = True
+    problems: list[str] = field(default_factory=list)
+    rounds: dict[str, list[float]] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def log(msg: str) -> None:
