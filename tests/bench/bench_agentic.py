@@ -25,7 +25,6 @@ on its branch or not at main's commit, a missing worktree, a git process left ru
 
 from __future__ import annotations
 
-import argparse
 import gc
 import json
 import math
@@ -40,7 +39,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from common import BenchError, Result, aligned, leftovers, log, no_nan
+from common import BenchError, Result, leftovers, log, no_nan, parse_profile, ratio_table
 
 from fleetbus.plugins.agentic import git
 
@@ -212,43 +211,15 @@ def fmt(value: float, unit: str) -> str:
     return f"{value:.3f}{unit}"
 
 
-def table(results: list[Result]) -> str:
-    head = ("name", "baseline", "fleetbus", "ratio", "goal", "met?")
-    rows = [head]
-    for r in results:
-        met = "INVALID" if not r.valid else ("-" if r.met is None else ("yes" if r.met else "NO"))
-        rows.append(
-            (
-                r.name,
-                fmt(r.baseline, r.unit),
-                fmt(r.fleetbus, r.unit),
-                "-" if math.isnan(r.ratio) else f"{r.ratio:.2f}x",
-                r.goal,
-                met,
-            )
-        )
-    return aligned(rows)
-
-
 def invalid(problem: str) -> list[Result]:
     name = f"prepare worktrees of {FILES} files"
-    return [
-        Result(name, "s", f"<= {GOAL:g}x", math.nan, math.nan, math.nan, False, False, [problem])
-    ]
+    return [Result.invalid(name, "s", f"<= {GOAL:g}x", problem)]
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="small counts (CI smoke run)")
-    parser.add_argument("--json", action="store_true", help="print the results as JSON")
-    parser.add_argument("--rounds", type=int, default=None, help="override the round count")
-    parser.add_argument("--count", type=int, default=None, help="override the workspace count")
-    args = parser.parse_args(argv)
-    profile = QUICK if args.quick else FULL
-    if args.rounds:
-        profile = Profile(**{**asdict(profile), "rounds": args.rounds})
-    if args.count:
-        profile = Profile(**{**asdict(profile), "count": args.count})
+    args, profile = parse_profile(
+        __doc__, argv, FULL, QUICK, "count", "override the workspace count"
+    )
 
     started = time.perf_counter()
     log("bench prepare ...")
@@ -279,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
         }
         print(json.dumps(no_nan(doc), indent=2))
     else:
-        print(table(results))
+        print(ratio_table(results, fmt))
         for r in results:
             x = r.extra
             if "baseline_ms_each" in x:

@@ -28,7 +28,6 @@ sys.path, as for `common`).
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -41,7 +40,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from common import BenchError, Result, aligned, leftovers, log, no_nan
+from common import BenchError, Result, leftovers, log, no_nan, parse_profile, ratio_table
 
 from fleetbus.bus.lock import read_pid
 from fleetbus.bus.paths import Home
@@ -177,17 +176,7 @@ def call(fleetbus: list[str], env: dict[str, str], cwd: Path, echo: str) -> floa
 
 
 def invalid(problem: str) -> Result:
-    return Result(
-        "fleetbus call hub.ping (hub running)",
-        "ms",
-        f"<= {GOAL:g}x",
-        math.nan,
-        math.nan,
-        math.nan,
-        False,
-        False,
-        [problem],
-    )
+    return Result.invalid("fleetbus call hub.ping (hub running)", "ms", f"<= {GOAL:g}x", problem)
 
 
 # -- report ------------------------------------------------------------------------------------
@@ -195,27 +184,8 @@ def fmt(value: float, unit: str) -> str:
     return "-" if math.isnan(value) else f"{value:,.1f}{unit}"
 
 
-def table(results: list[Result]) -> str:
-    rows = [("name", "baseline", "fleetbus", "ratio", "goal", "met?")]
-    for r in results:
-        met = "INVALID" if not r.valid else ("-" if r.met is None else ("yes" if r.met else "NO"))
-        ratio = "-" if math.isnan(r.ratio) else f"{r.ratio:.2f}x"
-        rows.append((r.name, fmt(r.baseline, r.unit), fmt(r.fleetbus, r.unit), ratio, r.goal, met))
-    return aligned(rows)
-
-
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="few runs (CI smoke run)")
-    parser.add_argument("--json", action="store_true", help="print the results as JSON")
-    parser.add_argument("--rounds", type=int, default=None, help="override the round count")
-    parser.add_argument("--runs", type=int, default=None, help="override the runs per round")
-    args = parser.parse_args(argv)
-    profile = QUICK if args.quick else FULL
-    if args.rounds:
-        profile = Profile(**{**asdict(profile), "rounds": args.rounds})
-    if args.runs:
-        profile = Profile(**{**asdict(profile), "runs": args.runs})
+    args, profile = parse_profile(__doc__, argv, FULL, QUICK, "runs", "override the runs per round")
 
     started = time.perf_counter()
     log("bench call ...")
@@ -236,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
         }
         print(json.dumps(no_nan(doc), indent=2))
     else:
-        print(table(results))
+        print(ratio_table(results, fmt))
         for r in results:
             for problem in r.problems:
                 print(f"{r.name}: INVALID: {problem}")

@@ -145,10 +145,6 @@ async def interleave(
     return base, subj
 
 
-def invalid(name: str, unit: str, goal: str, problem: str) -> Result:
-    return Result(name, unit, goal, math.nan, math.nan, math.nan, False, False, [problem])
-
-
 # -- hubs ------------------------------------------------------------------------------------
 @asynccontextmanager
 async def bench_hub(
@@ -990,7 +986,7 @@ def main(argv: list[str] | None = None) -> int:
             return got if isinstance(got, list) else [got]
         except* BenchError as group:  # task groups wrap it
             problems.extend(str(e) for e in group.exceptions)
-        return [invalid(n, u, g, "; ".join(problems)) for n, u, g in placeholders]
+        return [Result.invalid(n, u, g, "; ".join(problems)) for n, u, g in placeholders]
 
     async def run_all() -> list[Result]:
         results = []

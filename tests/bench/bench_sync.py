@@ -29,7 +29,6 @@ left running.
 
 from __future__ import annotations
 
-import argparse
 import gc
 import http.client
 import json
@@ -50,7 +49,7 @@ from typing import Any
 
 import anyio
 import httpx2
-from common import BenchError, Result, aligned, log, no_nan
+from common import BenchError, Result, log, no_nan, parse_profile, ratio_table
 
 from fleetbus.bus.version import version
 from fleetbus.plugins.sync import sync_of
@@ -247,6 +246,25 @@ def check_delivery(fake: ServerProcess, batches: list[list[dict[str, Any]]], r: 
         raise BenchError(f"round {r + 1}: {'; '.join(problems)}")
 
 
+def rates(
+    name: str, base: list[float], subj: list[float], extra: dict[str, Any] | None = None
+) -> Result:
+    """Records per second of both sides over the rounds; the ratio is the median of the
+    per-round ratios."""
+    ratio = statistics.median(s / b for b, s in zip(base, subj, strict=True))
+    return Result(
+        name=name,
+        unit="/s",
+        goal=f">= {GOAL:g}x",
+        baseline=statistics.median(base),
+        fleetbus=statistics.median(subj),
+        ratio=ratio,
+        met=ratio >= GOAL,
+        rounds={"baseline": base, "fleetbus": subj},
+        extra=extra or {},
+    )
+
+
 async def bench_drain(profile: Profile) -> list[Result]:
     batches = batches_of(make_records(profile.records))
     n = profile.records
@@ -275,32 +293,20 @@ async def bench_drain(profile: Profile) -> list[Result]:
         log(
             f"  round {r + 1} ({order[0]} first): baseline {b:,.0f}/s, fleetbus {s:,.0f}/s ({s / b:.2f}x)"
         )
-    ratio = statistics.median(s / b for b, s in zip(base, subj, strict=True))
     size = len(
         json.dumps(
             {"agent_id": AGENT, "fleet_node_id": NODE, "dispatches": batches[0]},
             separators=(",", ":"),
         )
     )
-    return [
-        Result(
-            name=f"drain {n:,} records in batches of {BATCH}",
-            unit="/s",
-            goal=f">= {GOAL:g}x",
-            baseline=statistics.median(base),
-            fleetbus=statistics.median(subj),
-            ratio=ratio,
-            met=ratio >= GOAL,
-            rounds={"baseline": base, "fleetbus": subj},
-            extra={
-                "records": n,
-                "batches": len(batches),
-                "batch_bytes": size,
-                "baseline_ms_per_batch": BATCH / statistics.median(base) * 1000,
-                "fleetbus_ms_per_batch": BATCH / statistics.median(subj) * 1000,
-            },
-        )
-    ]
+    extra = {
+        "records": n,
+        "batches": len(batches),
+        "batch_bytes": size,
+        "baseline_ms_per_batch": BATCH / statistics.median(base) * 1000,
+        "fleetbus_ms_per_batch": BATCH / statistics.median(subj) * 1000,
+    }
+    return [rates(f"drain {n:,} records in batches of {BATCH}", base, subj, extra)]
 
 
 async def service_drain(
@@ -363,19 +369,7 @@ async def bench_service(profile: Profile) -> list[Result]:
             f"  round {r + 1} ({first} first): baseline {b:,.0f}/s, the service {s:,.0f}/s "
             f"({s / b:.2f}x)"
         )
-    ratio = statistics.median(s / b for b, s in zip(base, subj, strict=True))
-    return [
-        Result(
-            name=f"the sync service drains {n:,} records from its outbox",
-            unit="/s",
-            goal=f">= {GOAL:g}x",
-            baseline=statistics.median(base),
-            fleetbus=statistics.median(subj),
-            ratio=ratio,
-            met=ratio >= GOAL,
-            rounds={"baseline": base, "fleetbus": subj},
-        )
-    ]
+    return [rates(f"the sync service drains {n:,} records from its outbox", base, subj)]
 
 
 async def bench_all(profile: Profile) -> list[Result]:
@@ -393,43 +387,14 @@ def fmt(value: float, unit: str) -> str:
     return "-" if math.isnan(value) else f"{value:,.0f}{unit}"
 
 
-def table(results: list[Result]) -> str:
-    rows = [("name", "baseline", "fleetbus", "ratio", "goal", "met?")]
-    for r in results:
-        met = "INVALID" if not r.valid else ("-" if r.met is None else ("yes" if r.met else "NO"))
-        ratio = "-" if math.isnan(r.ratio) else f"{r.ratio:.2f}x"
-        rows.append((r.name, fmt(r.baseline, r.unit), fmt(r.fleetbus, r.unit), ratio, r.goal, met))
-    return aligned(rows)
-
-
 def invalid(problem: str) -> list[Result]:
-    return [
-        Result(
-            "drain records",
-            "/s",
-            f">= {GOAL:g}x",
-            math.nan,
-            math.nan,
-            math.nan,
-            False,
-            False,
-            [problem],
-        )
-    ]
+    return [Result.invalid("drain records", "/s", f">= {GOAL:g}x", problem)]
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="small counts (CI smoke run)")
-    parser.add_argument("--json", action="store_true", help="print the results as JSON")
-    parser.add_argument("--rounds", type=int, default=None, help="override the round count")
-    parser.add_argument("--records", type=int, default=None, help="override the record count")
-    args = parser.parse_args(argv)
-    profile = QUICK if args.quick else FULL
-    if args.rounds:
-        profile = Profile(**{**asdict(profile), "rounds": args.rounds})
-    if args.records:
-        profile = Profile(**{**asdict(profile), "records": args.records})
+    args, profile = parse_profile(
+        __doc__, argv, FULL, QUICK, "records", "override the record count"
+    )
 
     started = time.perf_counter()
     log("bench drain ...")
@@ -459,7 +424,7 @@ def main(argv: list[str] | None = None) -> int:
         }
         print(json.dumps(no_nan(doc), indent=2))
     else:
-        print(table(results))
+        print(ratio_table(results, fmt))
         for r in results:
             x = r.extra
             if "batches" in x:

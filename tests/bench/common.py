@@ -5,16 +5,23 @@ run as `python tests/bench/<script>.py`, which puts this folder on sys.path)."""
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import math
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import psutil
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+P = TypeVar("P", bound="DataclassInstance")  # a script's Profile
 
 
 class BenchError(Exception):
@@ -36,6 +43,45 @@ class Result:
     problems: list[str] = field(default_factory=list)
     rounds: dict[str, list[float]] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def invalid(cls, name: str, unit: str, goal: str, problem: str) -> Result:
+        """The row of a measurement whose correctness check failed."""
+        return cls(name, unit, goal, math.nan, math.nan, math.nan, False, False, [problem])
+
+
+def ratio_table(results: Sequence[Result], fmt: Callable[[float, str], str]) -> str:
+    """Results as an aligned table: name, both figures (by `fmt`), ratio, goal, met?."""
+    rows = [("name", "baseline", "fleetbus", "ratio", "goal", "met?")]
+    for r in results:
+        met = "INVALID" if not r.valid else ("-" if r.met is None else ("yes" if r.met else "NO"))
+        ratio = "-" if math.isnan(r.ratio) else f"{r.ratio:.2f}x"
+        rows.append((r.name, fmt(r.baseline, r.unit), fmt(r.fleetbus, r.unit), ratio, r.goal, met))
+    return aligned(rows)
+
+
+def parse_profile(
+    doc: str | None,
+    argv: list[str] | None,
+    full: P,
+    quick: P,
+    count: str,
+    count_help: str,
+) -> tuple[argparse.Namespace, P]:
+    """The common command line of a benchmark script (`--quick`, `--json`, `--rounds` and
+    `--<count>` to override the profile's field of that name): the arguments and the
+    profile to run."""
+    parser = argparse.ArgumentParser(description=(doc or "").split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="small counts (CI smoke run)")
+    parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    parser.add_argument("--rounds", type=int, default=None, help="override the round count")
+    parser.add_argument(f"--{count}", type=int, default=None, help=count_help)
+    args = parser.parse_args(argv)
+    profile = quick if args.quick else full
+    for name in ("rounds", count):
+        if getattr(args, name):
+            profile = dataclasses.replace(profile, **{name: getattr(args, name)})
+    return args, profile
 
 
 def log(msg: str) -> None:
