@@ -18,6 +18,8 @@ from typing import Any
 
 from fleetbus.bus import Store, Tx
 
+from .models import AuditRecord
+
 
 @dataclass(frozen=True)
 class Batch:
@@ -32,19 +34,6 @@ class Batch:
     @property
     def records(self) -> list[dict[str, Any]]:
         return list(json.loads(self.body))
-
-
-@dataclass(frozen=True)
-class Audit:
-    direction: str
-    outcome: str
-    agent_id: str
-    batch: str | None
-    attempts: int
-    reason: str
-    payload_bytes: int
-    items: int
-    at: float
 
 
 class Outbox:
@@ -79,7 +68,7 @@ class Outbox:
         when none is open."""
         return await self.store.write(lambda tx: line_of(tx, size, now))
 
-    async def settle(self, ended: list[tuple[Batch, str, Audit]]) -> None:
+    async def settle(self, ended: list[tuple[Batch, str, AuditRecord]]) -> None:
         """Batches were sent or dropped: they leave the line, the audit records each (one
         commit for all of them)."""
 
@@ -106,7 +95,7 @@ class Outbox:
 
         await self.store.write(write)
 
-    async def audit(self, entry: Audit) -> None:
+    async def audit(self, entry: AuditRecord) -> None:
         await self.store.write(lambda tx: record(tx, entry))
 
     async def records(self, limit: int) -> list[dict[str, Any]]:
@@ -226,7 +215,7 @@ def line_of(tx: Tx, size: int, now: float) -> list[Batch]:
     return found
 
 
-def record(tx: Tx, entry: Audit) -> None:
+def record(tx: Tx, entry: AuditRecord) -> None:
     tx.execute(
         "INSERT INTO audit (direction, outcome, agent_id, batch, attempts, reason, "
         "payload_bytes, items, at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",

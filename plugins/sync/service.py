@@ -32,7 +32,7 @@ from fleetbus.plugins.runner.clock import clock_for
 from .config import MAX_ATTEMPTS_ENV, SYNC
 from .http import FleetAPI, Outcome
 from .models import AuditRecord, Pulled, PullInput, Records, RecordsQuery, SyncStatus
-from .outbox import Audit, Batch, Outbox
+from .outbox import Batch, Outbox
 from .records import Item, of_run, of_task
 
 log = logging.getLogger("fleetbus.sync")
@@ -62,7 +62,7 @@ class Sync:
         self.sending = anyio.Lock()  # one attempt at a time: the drainer's or a push's
         self.attempts = 0  # attempts made by this hub
         self.settling = anyio.Lock()
-        self.ended_batches: list[tuple[Batch, str, Audit]] = []
+        self.ended_batches: list[tuple[Batch, str, AuditRecord]] = []
         self.max_attempts = self.spec.max_attempts
         override = hub.env.get(MAX_ATTEMPTS_ENV, "").strip()
         if override:
@@ -179,7 +179,7 @@ class Sync:
         if retry is not None:  # recorded after every earlier batch's end
             await self.record_end(*retry)
 
-    async def settle(self, batch: Batch, state: str, audit: Audit) -> None:
+    async def settle(self, batch: Batch, state: str, audit: AuditRecord) -> None:
         """Record a batch's end; ends waiting meanwhile go in the same commit (whoever holds
         the lock writes everything queued, so on return this end is written)."""
         self.ended_batches.append((batch, state, audit))
@@ -192,25 +192,23 @@ class Sync:
         """Record what came of one attempt at `batch`."""
         now = self.clock.now()
         tries = batch.attempts + 1
-        body_size = len(batch.body)
-        items = batch.items
-        if outcome.kind == "sent":
-            entry = Audit("push", "sent", self.spec.agent, batch.id, tries, outcome.reason,
-                          body_size, items, now)  # fmt: skip
-            await self.settle(batch, "sent", entry)
-        elif outcome.kind == "drop" or tries >= self.max_attempts:
-            why = outcome.reason if outcome.kind == "drop" else (
-                f"gave up after {tries} attempts; last: {outcome.reason}"
-            )  # fmt: skip
-            dropped = Audit("push", "dropped", self.spec.agent, batch.id, tries, why,
-                            body_size, items, now)  # fmt: skip
-            await self.settle(batch, "dropped", dropped)
-            log.warning("sync dropped batch %s (%d records): %s", batch.id, items, why)
-        else:
+        if outcome.kind == "retry" and tries < self.max_attempts:
             delay = backoff(tries)
             if outcome.retry_after is not None:  # the API's word, within reason
                 delay = min(max(outcome.retry_after, 0.0), MAX_RETRY_AFTER)
             await self.outbox.retry_later(batch, tries, now + delay, outcome.reason)
+            return
+        state, reason = "sent", outcome.reason
+        if outcome.kind == "drop":
+            state = "dropped"
+        elif outcome.kind == "retry":
+            state, reason = "dropped", f"gave up after {tries} attempts; last: {outcome.reason}"
+        entry = AuditRecord(direction="push", outcome=state, agent_id=self.spec.agent,
+                            batch=batch.id, attempts=tries, reason=reason,
+                            payload_bytes=len(batch.body), items=batch.items, at=now)  # fmt: skip
+        await self.settle(batch, state, entry)
+        if state == "dropped":
+            log.warning("sync dropped batch %s (%d records): %s", batch.id, batch.items, reason)
 
     async def attempt(self, batch: Batch) -> Outcome:
         """POST the batch once and record what came of it."""
@@ -261,8 +259,10 @@ class Sync:
         now = self.clock.now()
         size = len(json.dumps(body)) if body is not None else 0
         kind = "pulled" if outcome.kind == "sent" else "failed"
-        await self.outbox.audit(Audit("pull", kind, self.spec.agent, None, 1, outcome.reason,
-                                      size, 1 if body is not None else 0, now))  # fmt: skip
+        await self.outbox.audit(AuditRecord(direction="pull", outcome=kind,
+                                            agent_id=self.spec.agent, batch=None, attempts=1,
+                                            reason=outcome.reason, payload_bytes=size,
+                                            items=1 if body is not None else 0, at=now))  # fmt: skip
         if outcome.kind == "sent":
             await self.outbox.cache_context(self.spec.agent, req.since, body, now)
             return Pulled(fresh=True, fetched_at=now, reason="", context=body)

@@ -12,7 +12,8 @@ import pytest
 
 from fleetbus.bus import Store
 from fleetbus.plugins.sync import outbox as outbox_module
-from fleetbus.plugins.sync.outbox import Audit, Outbox
+from fleetbus.plugins.sync.models import AuditRecord
+from fleetbus.plugins.sync.outbox import Outbox
 from fleetbus.plugins.sync.schema import migrations
 
 pytestmark = pytest.mark.anyio
@@ -33,8 +34,11 @@ def items(start: int, n: int) -> list[tuple[str, dict[str, int]]]:
     return [(f"run:{i}", {"n": i}) for i in range(start, start + n)]
 
 
-def sent() -> Audit:
-    return Audit("push", "sent", "a", None, 1, "HTTP 200", 0, 0, 0.0)
+def sent() -> AuditRecord:
+    return AuditRecord(
+        direction="push", outcome="sent", agent_id="a", batch=None, attempts=1,
+        reason="HTTP 200", payload_bytes=0, items=0, at=0.0,
+    )  # fmt: skip
 
 
 async def test_batches_are_ranges_formed_once_oldest_first(
