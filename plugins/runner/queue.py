@@ -234,14 +234,6 @@ class RunQueue:
         return await self.store.read(position)
 
     # -- the drain ---------------------------------------------------------------------------
-    async def pick(
-        self, agent: str, now: float, busy: list[str], full_models: list[str]
-    ) -> tuple[Row | None, float | None]:
-        """The first queued run of `agent` that may start now, skipping workspaces in
-        `busy`, models in `full_models` and runs still in their debounce: one indexed
-        query. With none: when the first run in its debounce window may start, if any."""
-        return await self.store.read(lambda db: pick_in(db, Pick(agent, busy, full_models), now))
-
     async def claim_next(
         self, wanted: list[Pick], now: float, runs_dir: Path
     ) -> tuple[Row | None, list[float]]:
@@ -262,13 +254,6 @@ class RunQueue:
             return claim_in(tx, best["id"], now, str(runs_dir / best["id"]), previous), later
 
         return await self.store.write(claim)
-
-    async def claim(
-        self, run_id: str, now: float, run_dir: str, previous: str | None
-    ) -> Row | None:
-        """Start queued run `run_id` as its next attempt; None when it is not queued."""
-
-        return await self.store.write(lambda tx: claim_in(tx, run_id, now, run_dir, previous))
 
     async def context_of(self, run_id: str) -> Row | None:
         """What a followup is told about run `run_id`: status, exit code, run dir, question."""
@@ -375,7 +360,9 @@ class Pick:  # what the drain may start of one agent: not in `busy` workspaces, 
 
 
 def pick_in(db: Any, pick: Pick, now: float) -> tuple[Row | None, float | None]:
-    """`RunQueue.pick` on a connection or in a transaction."""
+    """The first queued run of `pick.agent` that may start now, skipping its busy
+    workspaces, its full models and runs still in their debounce: one indexed query. With
+    none: when the first run in its debounce window may start, if any."""
     sql = (
         "SELECT id, seq, priority, model, workspace, session_mode FROM runs "
         "WHERE status = 'queued' AND agent = ? AND not_before <= ?"

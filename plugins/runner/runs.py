@@ -3,7 +3,6 @@
 - `RunRef`: a run's identity and who asked for it (what every message about it carries);
 - `ActiveRun`: a run whose process is alive, with its attempt (the fencing token of its
   start), pid, deadline and the events its supervisor sets;
-- `Candidate`: a queued run the drain may start;
 - `Ending`: how a run ended, as recorded and announced; `outcome` decides its status.
 
 Plain values: never touches the database, the bus or a process.
@@ -115,19 +114,6 @@ class ActiveRun(RunRef):
             self.stop_status, self.stop_reason = status, reason
             return True
         return False
-
-
-@dataclass(frozen=True)
-class Candidate:
-    """A queued run the drain may start: the first of its agent that fits now."""
-
-    run_id: str
-    seq: int
-    priority: int
-    agent: str
-    model: str | None
-    workspace: str
-    session_mode: str
 
 
 @dataclass(frozen=True)

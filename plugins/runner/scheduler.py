@@ -31,7 +31,6 @@ from fleetbus.bus import Context, Message
 from . import events
 from .clock import Clock, wait_until
 from .queue import Pick, RunQueue
-from .runs import Candidate
 from .state import RunnerState
 from .supervisor import Supervisor
 
@@ -126,25 +125,6 @@ class Scheduler:
             for (a, m), n in lanes.by_model.items()
             if a == agent and lanes.blocker(agent, m) is not None and n > 0
         ]
-
-    async def next_candidate(self, agent: str, now: float) -> Candidate | None:
-        """The first queued run of `agent` that may start now (read only)."""
-        row, later = await self.queue.pick(
-            agent, now, self.state.busy_workspaces(), self.full_models(agent)
-        )
-        if later is not None:  # a run in its debounce window: look again when it ends
-            self._wake_at(later)
-        if row is None:
-            return None
-        return Candidate(
-            row["id"],
-            row["seq"],
-            row["priority"],
-            agent,
-            row["model"],
-            row["workspace"],
-            row["session_mode"],
-        )
 
     def hold(self, row: dict[str, Any], now: float) -> None:
         """Claimed run `row` holds its slot, its session and its pool's start."""

@@ -120,20 +120,19 @@ class Supervisor:
         return self.state.agents
 
     # -- start -------------------------------------------------------------------------------
-    async def launch(self, row: dict[str, Any], now: float, *, reserved: bool = False) -> None:
-        """Spawn claimed run `row` and supervise it; a run that cannot start fails.
-        `reserved`: its slot and session are held already (`RunnerState.reserve`) and
-        its pool was told it started.
+    async def launch(self, row: dict[str, Any], now: float) -> None:
+        """Spawn claimed run `row`, whose slot and session are held already
+        (`RunnerState.reserve`) and whose pool was told it started, and supervise it; a
+        run that cannot start fails and gives its slot back.
 
         The row already says running: if the hub dies before the wrapper writes its pid
         file, the next hub knows the agent never started and queues the run again.
         """
-        shared = self.state.session_active[row["workspace"]] > (1 if reserved else 0)
+        shared = self.state.session_active[row["workspace"]] > 1  # more than this run
         try:
             pid = await self.launcher.spawn(row, workspace_shared=shared)
         except (OSError, ValueError) as e:
-            if reserved:
-                self.state.unreserve(row["agent"], row["model"], row["workspace"])
+            self.state.unreserve(row["agent"], row["model"], row["workspace"])
             reason = f"could not start: {getattr(e, 'strerror', None) or e}"
             end = Ending("failed", reason, None, now)
             settled = Settled(RunRef.of(row), row["attempt"], row["started_at"], end)
@@ -143,9 +142,7 @@ class Supervisor:
         run = ActiveRun.from_row(
             row, pid=pid, started_at=now, run_dir=Path(row["run_dir"]), spawned_here=True
         )
-        self.state.track(run, reserved=reserved)
-        if not reserved:
-            self.state.pools[run.agent].started(now)
+        self.state.track(run, reserved=True)
         for message, ctx in events.started(run, pid):
             self.publish(message, ctx)
         self.task_group().start_soon(self._watch, run, name=f"run {run.run_id}")
@@ -173,7 +170,7 @@ class Supervisor:
     async def launch_expected(self, row: dict[str, Any]) -> None:
         """Launch claimed run `row`, announced with `expect` and its slot held."""
         try:
-            await self.launch(row, row["started_at"], reserved=True)
+            await self.launch(row, row["started_at"])
         finally:
             self.unexpect(row["id"])
 

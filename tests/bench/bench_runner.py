@@ -29,7 +29,7 @@ on hubs embedded in this process (dispatch is `hub.bus.perform("runner.dispatch"
    Rows 2 and 3 show p99 over all samples; their ratio is the median of the per-round
    ratios of p50s of a like-for-like measure (the agent's first instruction; the exit
    stamp to the notice).
-4. next-run pick: `Scheduler.next_candidate(agent, now)` (the indexed choice of the next
+4. next-run pick: `queue.pick_in` (the indexed choice of the next
    run) with 100 vs 100,000 queued runs of one agent in the table, on two frozen hubs side
    by side (goal: ratio <= 2); for information also with the first 64 heads blocked by a
    busy session (one more page), with 1,024 queued runs of a model whose lane is full ahead
@@ -60,6 +60,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, suppress
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +72,7 @@ from fleetbus.bus.client import HubClient
 from fleetbus.bus.hub import Hub
 from fleetbus.bus.messages import Envelope
 from fleetbus.plugins.runner import processes, runner_of
+from fleetbus.plugins.runner.queue import Pick, pick_in
 from fleetbus.plugins.runner.service import Runner
 from fleetbus.testing.hub import embedded_hub, isolated_env
 
@@ -703,7 +705,7 @@ async def fill_queue(
 class Blocked:
     """Block the first `k` queued runs by marking their workspaces busy (as the runner's
     session count sees it), or, with `lane_model`, block every queued run of that model by
-    filling its lane. `expected` is the run `next_candidate` must pick then."""
+    filling its lane. `expected` is the run the pick must find then."""
 
     def __init__(
         self,
@@ -743,17 +745,18 @@ class Blocked:
 
 
 async def time_head(runner: Runner, agent: str, calls: int, expected: str | None) -> float:
-    """Median microseconds of `next_candidate(agent, now)`, checking the pick each time."""
+    """Median microseconds of the drain's pick of `agent`'s next run (what `claim_next`
+    asks of each agent, read only), checking the pick each time."""
     samples = []
     for _ in range(calls):
         now = time.time()
         t0 = time.perf_counter_ns()
-        head = await runner.scheduler.next_candidate(agent, now)
+        pick = Pick(agent, runner.state.busy_workspaces(), runner.scheduler.full_models(agent))
+        head, _ = await runner.queue.store.read(partial(pick_in, pick=pick, now=now))
         samples.append((time.perf_counter_ns() - t0) / 1000)
-        if (head.run_id if head else None) != expected:
-            raise BenchError(
-                f"next_candidate picked {head.run_id if head else None}, expected {expected}"
-            )
+        picked = head["id"] if head else None
+        if picked != expected:
+            raise BenchError(f"the pick found {picked}, expected {expected}")
     return statistics.median(samples)
 
 

@@ -16,7 +16,7 @@ import pytest
 from sqlite_utils import Database
 
 from fleetbus.bus import Context, Message, Store
-from fleetbus.plugins.runner.queue import RunQueue, record_end
+from fleetbus.plugins.runner.queue import Row, RunQueue, claim_in, record_end
 from fleetbus.plugins.runner.runs import Ending, RunRef
 from fleetbus.plugins.runner.schema import migrations
 from fleetbus.plugins.runner.supervisor import Settled
@@ -162,19 +162,26 @@ def test_runs_that_started_before_the_attempt_migration_count_as_attempt_1(
     assert attempts == {"started": 1, "waiting": 0}
 
 
+async def claim(
+    queue: RunQueue, run_id: str, now: float, run_dir: str, previous: str | None
+) -> Row | None:
+    """The drain's claim of run `run_id` (in `claim_next`), in a transaction of its own."""
+    return await queue.store.write(lambda tx: claim_in(tx, run_id, now, run_dir, previous))
+
+
 # --- claims and ends ------------------------------------------------------------------------
 
 
 async def test_a_claim_takes_only_a_queued_run_and_numbers_each_start(queue: RunQueue) -> None:
     await insert(queue, "r1")
-    first = await queue.claim("r1", NOW, "/runs/r1", None)
+    first = await claim(queue, "r1", NOW, "/runs/r1", None)
     assert first is not None
     assert (first["status"], first["attempt"], first["started_at"]) == ("running", 1, NOW)
-    assert await queue.claim("r1", NOW + 1, "/runs/r1", None) is None  # not queued
+    assert await claim(queue, "r1", NOW + 1, "/runs/r1", None) is None  # not queued
     assert (await row(queue, "r1"))["started_at"] == NOW
     assert await queue.requeue("r1", attempt=1)
     assert not await queue.requeue("r1", attempt=1)  # already queued
-    second = await queue.claim("r1", NOW + 2, "/runs/r1", None)
+    second = await claim(queue, "r1", NOW + 2, "/runs/r1", None)
     assert second is not None and second["attempt"] == 2
 
 
@@ -182,9 +189,9 @@ async def test_a_stale_end_changes_nothing(queue: RunQueue, published: Published
     """Attempt 1 was superseded by attempt 2 (the run was queued again and restarted):
     attempt 1's late end must neither end the run nor announce anything."""
     await insert(queue, "r1")
-    assert await queue.claim("r1", NOW, "/runs/r1", None) is not None
+    assert await claim(queue, "r1", NOW, "/runs/r1", None) is not None
     assert await queue.requeue("r1", attempt=1)
-    assert await queue.claim("r1", NOW + 1, "/runs/r1", None) is not None
+    assert await claim(queue, "r1", NOW + 1, "/runs/r1", None) is not None
     before = await row(queue, "r1")
     published.messages.clear()
 
@@ -202,7 +209,7 @@ async def test_a_stale_end_changes_nothing(queue: RunQueue, published: Published
 
 async def test_a_duplicate_end_changes_nothing(queue: RunQueue, published: Published) -> None:
     await insert(queue, "r1")
-    assert await queue.claim("r1", NOW, "/runs/r1", None) is not None
+    assert await claim(queue, "r1", NOW, "/runs/r1", None) is not None
     assert await end(queue, "r1", 1, Ending("completed", "", 0, NOW + 5))
     ended = await row(queue, "r1")
     published.messages.clear()
@@ -221,7 +228,7 @@ async def test_an_end_never_applies_to_a_queued_run(queue: RunQueue) -> None:
 async def test_cancels_and_merges_take_only_queued_runs(queue: RunQueue) -> None:
     await insert(queue, "running")
     await insert(queue, "waiting")
-    assert await queue.claim("running", NOW, "/runs/running", None) is not None
+    assert await claim(queue, "running", NOW, "/runs/running", None) is not None
     cancelled = await queue.cancel_queued(["running", "waiting"], "cancelled by a test", NOW)
     assert [r["id"] for r in cancelled] == ["waiting"]
     assert (await row(queue, "running"))["status"] == "running"
