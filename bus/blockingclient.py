@@ -16,20 +16,11 @@ from pathlib import Path
 from typing import Any
 
 from .errors import BusError, ConnectionFailed, InvalidInput, error_from_dict
+from .wire import BUS_ERROR, CALLER_ERRORS, INTERNAL_ERROR, MAX_LINE, TOO_LARGE, encode
 
-# The wire's limits and error codes, as the hub's side defines them (ipc.py; a test keeps
-# the two in step): ipc.py imports anyio and pydantic, which this module must not.
-MAX_LINE = 16 * 1024 * 1024
-TOO_LARGE = f"request larger than {MAX_LINE // (1024 * 1024)} MiB (the limit of one request)"
-PARSE_ERROR, INVALID_REQUEST, METHOD_NOT_FOUND, INVALID_PARAMS = -32700, -32600, -32601, -32602
-INTERNAL_ERROR = -32603
-BUS_ERROR = -32000
-CALLER_ERRORS = frozenset({PARSE_ERROR, INVALID_REQUEST, METHOD_NOT_FOUND, INVALID_PARAMS})
+__all__ = ["INTERNAL_ERROR", "BlockingClient", "reply_error", "too_large_request"]
+
 HUB_CLOSED = "the hub closed the connection"
-
-
-def encode(obj: Any) -> bytes:
-    return json.dumps(obj, separators=(",", ":"), default=str).encode() + b"\n"
 
 
 def reply_error(err: Any) -> BusError:

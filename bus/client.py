@@ -28,8 +28,9 @@ from .context import Context
 from .core import dump_result
 from .errors import BusError, ConnectionFailed, InvalidInput, unwrap_group
 from .hubstart import START_TIMEOUT, can_connect, check_socket_owner, ensure_hub_blocking
-from .ipc import MAX_LINE, TOO_LARGE, encode, guess_id, receive_line
+from .ipc import receive_line
 from .paths import Home
+from .wire import MAX_LINE, TOO_LARGE, encode, guess_id
 
 
 class Client(Protocol):

@@ -19,7 +19,6 @@ import contextlib
 import json
 import logging
 import os
-import re
 import socket
 import struct
 from collections.abc import Awaitable, Callable
@@ -36,6 +35,18 @@ from .core import dump_result
 from .errors import BusError, InvalidInput
 from .jsoncheck import MAX_DEPTH, Rejected, check_json, has_surrogate
 from .messages import Subscription
+from .wire import (
+    BUS_ERROR,
+    INTERNAL_ERROR,
+    INVALID_PARAMS,
+    INVALID_REQUEST,
+    MAX_LINE,
+    METHOD_NOT_FOUND,
+    PARSE_ERROR,
+    TOO_LARGE,
+    encode,
+    guess_id,
+)
 
 if TYPE_CHECKING:
     from .hub import Hub
@@ -43,12 +54,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("fleetbus.ipc")
 
 PROTOCOL = 1
-MAX_LINE = 16 * 1024 * 1024  # the largest request (one line), either way on the socket
-TOO_LARGE = f"request larger than {MAX_LINE // (1024 * 1024)} MiB (the limit of one request)"
-PARSE_ERROR, INVALID_REQUEST, METHOD_NOT_FOUND, INVALID_PARAMS = -32700, -32600, -32601, -32602
-INTERNAL_ERROR = -32603  # the hub's own fault (logged with its traceback)
-BUS_ERROR = -32000  # a BusError: `data` carries its type, code and message
-CALLER_ERRORS = frozenset({PARSE_ERROR, INVALID_REQUEST, METHOD_NOT_FOUND, INVALID_PARAMS})
 MAX_IN_FLIGHT = 256  # requests one connection may have running; past that it is not read
 MAX_IDLE = 8  # idle workers a connection keeps (after a burst of concurrent requests)
 
@@ -62,15 +67,6 @@ def peer_uid(stream: anyio.abc.SocketStream) -> int | None:
         return None
     _pid, uid, _gid = struct.unpack("3i", creds)
     return int(uid)
-
-
-# json.dumps with any option builds a new encoder on every call; one serves them all
-_encoder = json.JSONEncoder(separators=(",", ":"), default=str)
-
-
-def encode(obj: Any) -> bytes:
-    """One message as a line of compact JSON."""
-    return _encoder.encode(obj).encode() + b"\n"
 
 
 # -- the parameters of each method, checked at the boundary --------------------------------
@@ -132,17 +128,6 @@ PARAMS: dict[str, type[Params]] = {
     "unsubscribe": UnsubscribeParams,
     "shutdown": NoParams,
 }
-
-
-_ID = re.compile(
-    rb'^\s*\{\s*(?:"jsonrpc"\s*:\s*"2\.0"\s*,\s*)?"id"\s*:\s*(-?\d{1,18}|"[^"\\]{0,200}")'
-)
-
-
-def guess_id(head: bytes) -> Any:
-    """The id of a request too large to read, when it leads the object (as clients write it)."""
-    m = _ID.match(head)
-    return json.loads(m.group(1)) if m else None
 
 
 def _params_error(method: str, e: ValidationError) -> RpcError:

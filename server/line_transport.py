@@ -25,7 +25,8 @@ from anyio.streams.buffered import BufferedByteReceiveStream
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from mcp.shared.message import SessionMessage
 
-from fleetbus.bus.ipc import MAX_IN_FLIGHT, TOO_LARGE, guess_id, receive_line
+from fleetbus.bus.ipc import MAX_IN_FLIGHT, receive_line
+from fleetbus.bus.wire import TOO_LARGE, guess_id
 
 ReadStream = MemoryObjectReceiveStream[SessionMessage | Exception]
 WriteStream = MemoryObjectSendStream[SessionMessage]

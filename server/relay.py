@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import selectors
 import socket
 import sys
@@ -34,6 +33,7 @@ from typing import Any
 from fleetbus.bus.hubstart import ensure_hub_blocking
 from fleetbus.bus.jsoncheck import Rejected, check_json
 from fleetbus.bus.paths import Home
+from fleetbus.bus.wire import MAX_LINE, guess_id
 
 from . import handshake as hs
 
@@ -42,12 +42,8 @@ TOOLS_CACHE = "mcp-tools.json"
 DEFAULT_TOOLS = Path(__file__).resolve().with_name("default-tools.json")
 OPEN_METHOD = "mcp.open"
 OWN = "fleetbus-relay:"  # ids of the relay's own requests to the hub
-MAX_LINE = 16 * 1024 * 1024
 TOO_LARGE = (
     f"request larger than {MAX_LINE // (1024 * 1024)} MiB (the limit of one message): dropped"
-)
-_ID = re.compile(
-    rb'^\s*\{\s*(?:"jsonrpc"\s*:\s*"2\.0"\s*,\s*)?"id"\s*:\s*(-?\d{1,18}|"[^"\\]{0,200}")'
 )
 RETRY_S = 1.0
 HUB_BUFFER = 1 << 20  # bytes waiting for the hub past which the client is not read
@@ -517,12 +513,6 @@ class Relay:
         while view:
             n = os.write(self.stdout, view)
             view = view[n:]
-
-
-def guess_id(head: bytes) -> Any:
-    """The id of a request too large to read, when it leads the object (as clients write it)."""
-    m = _ID.match(head)
-    return json.loads(m.group(1)) if m else None
 
 
 def _key(req_id: Any) -> Any:

@@ -52,8 +52,8 @@ from fleetbus.bus.actions import make_spec
 from fleetbus.bus.client import HubClient
 from fleetbus.bus.core import Bus
 from fleetbus.bus.hub import Hub
-from fleetbus.bus.ipc import encode as fleetbus_encode
 from fleetbus.bus.messages import Message, Subscription
+from fleetbus.bus.wire import encode as fleetbus_encode
 
 SUBSCRIBERS = 10
 YIELD_EVERY = 64  # the producer yields to the consumers after this many messages

@@ -12,7 +12,8 @@ import pytest
 from fleetbus.bus.blockingclient import reply_error as _reply_error
 from fleetbus.bus.client import HubClient
 from fleetbus.bus.errors import BusError, ConnectionFailed, InvalidInput
-from fleetbus.bus.ipc import INTERNAL_ERROR, INVALID_PARAMS, MAX_IN_FLIGHT
+from fleetbus.bus.ipc import MAX_IN_FLIGHT
+from fleetbus.bus.wire import INTERNAL_ERROR, INVALID_PARAMS
 from fleetbus.testing.hub import embedded_hub
 
 pytestmark = pytest.mark.anyio

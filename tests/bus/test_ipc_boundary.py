@@ -18,12 +18,7 @@ from pydantic import BaseModel
 from fleetbus.bus.client import HubClient
 from fleetbus.bus.errors import InvalidInput
 from fleetbus.bus.hub import Hub
-from fleetbus.bus.ipc import (
-    INVALID_PARAMS,
-    INVALID_REQUEST,
-    MAX_LINE,
-    PARSE_ERROR,
-)
+from fleetbus.bus.wire import INVALID_PARAMS, INVALID_REQUEST, MAX_LINE, PARSE_ERROR
 from fleetbus.testing.hub import embedded_hub
 
 pytestmark = pytest.mark.anyio

@@ -14,7 +14,7 @@ from pathlib import Path
 import click
 import pytest
 
-from fleetbus.bus import blockingclient, ipc
+from fleetbus.bus import blockingclient
 from fleetbus.bus.errors import ConnectionFailed, InvalidInput
 from fleetbus.server import fastcli
 from fleetbus.server.fastcli import Call, Stop, Tail
@@ -216,16 +216,6 @@ def test_parse_leaves_a_home_click_refuses_to_click(tmp_path: Path) -> None:
 def test_escape_sequences_dropped_as_click_does() -> None:
     for text in ("plain", "\x1b[31mred\x1b[0m", "\x1b[1;2;3mx\x1b[?25l", "a\x1b]0;t\x07b", "é"):
         assert fastcli._ANSI.sub("", text) == click.unstyle(text), repr(text)
-
-
-def test_wire_constants_match_the_hub() -> None:
-    assert blockingclient.MAX_LINE == ipc.MAX_LINE
-    assert blockingclient.TOO_LARGE == ipc.TOO_LARGE
-    assert blockingclient.BUS_ERROR == ipc.BUS_ERROR
-    assert blockingclient.INTERNAL_ERROR == ipc.INTERNAL_ERROR
-    assert blockingclient.CALLER_ERRORS == ipc.CALLER_ERRORS
-    obj = {"a": [1, 2.5, None], "é": "x", "p": Path("/p")}
-    assert blockingclient.encode(obj) == ipc.encode(obj)
 
 
 def test_reply_errors() -> None:

@@ -162,7 +162,7 @@ async def test_the_hubs_mcp_session_refuses_an_oversized_message_and_goes_on(hom
     line with an answer, instead of ending the session."""
     from anyio.streams.buffered import BufferedByteReceiveStream
 
-    from fleetbus.bus.ipc import MAX_LINE
+    from fleetbus.bus.wire import MAX_LINE
     from fleetbus.testing.hub import embedded_hub
 
     async with embedded_hub(home) as hub:
