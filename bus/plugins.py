@@ -37,6 +37,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "fleetbus.plugins.runner",
     "fleetbus.plugins.agentic",
     "fleetbus.plugins.sync",
+    "fleetbus.plugins.fleet",
     "fleetbus.server.mcp_host",
 )
 HOOK_NAMES = frozenset(

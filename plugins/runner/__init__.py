@@ -22,6 +22,7 @@ from .models import (
     DispatchInput,
     DispatchResult,
     FinishedRuns,
+    FreeSlots,
     KillInput,
     KillResult,
     RunInfo,
@@ -104,6 +105,11 @@ def register_queries(register: QueryRegistrar, hub: Hub) -> None:
     @register(WorkspaceQuery)
     async def workspaces(q: WorkspaceQuery) -> list[WorkspaceInfo]:
         return await runner_of(hub).workspaces(q)
+
+    @register(FreeSlots)
+    async def free_slots(q: FreeSlots) -> int:
+        runner = runner_of(hub)
+        return runner.scheduler.free_slots(q.agent, q.model, runner.clock.now())
 
     @register(FinishedRuns)
     async def finished(q: FinishedRuns) -> list[RunInfo]:

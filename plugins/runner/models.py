@@ -185,6 +185,16 @@ class WorkspaceQuery(Query):
     status: RunStatus | None = None
 
 
+class FreeSlots(Query):
+    """How many more runs of `agent` (and `model`) could start here now: lanes, the total,
+    the pool's backoff and rate, frozen state and the runs already queued for it all
+    count. For services that feed the runner from elsewhere (fleet mode pulls only this
+    many); an agent this hub does not have answers 0."""
+
+    agent: str
+    model: str | None = None
+
+
 class FinishedRuns(Query):
     """Runs that ended after `since` (epoch seconds), oldest end first: for services that
     report finished work (sync) and catch up after a restart."""

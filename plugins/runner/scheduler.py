@@ -142,6 +142,22 @@ class Scheduler:
             and state.pools[agent].blocker(now) is None
         )
 
+    def free_slots(self, agent: str, model: str | None, now: float) -> int:
+        """Runs of `agent`/`model` that could start now, after the ones queued for it."""
+        state = self.state
+        pool = state.pools.get(agent)
+        if state.frozen or pool is None or pool.blocker(now) is not None:
+            return 0
+        lanes = state.lanes
+        free = lanes.total - lanes.running_total
+        limit = lanes.agent_limits.get(agent)
+        if limit is not None:
+            free = min(free, limit - lanes.by_agent[agent])
+        model_limit = lanes.model_limits.get(agent, {}).get(model) if model else None
+        if model_limit is not None:
+            free = min(free, model_limit - lanes.by_model[(agent, model)])
+        return max(0, free - state.queued_by_agent[agent])
+
     def why_queued(self, row: dict[str, Any]) -> str:
         """Why a queued run waits, in words, from the live state."""
         state = self.state

@@ -282,7 +282,7 @@ def test_the_plugins_config_section(
     config.write_text("helo:\n  greeting: hi\n")
     err = failed_start(cli, home, hello_site, env, FLEETBUS_CONFIG=str(config))
     assert f"{config}: helo: unknown key; did you mean 'hello'?" in err, err
-    assert "(known keys: agentic, agents, dispatch, hello, hub, sync)" in err, err
+    assert "(known keys: agentic, agents, dispatch, fleet, hello, hub, sync)" in err, err
 
     config.write_text("hello:\n  greeting: hi\n")
     proc = cli("call", "hello.greet", '{"name":"ada"}', **user)

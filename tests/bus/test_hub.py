@@ -82,7 +82,7 @@ async def test_startup_in_registration_order_and_shutdown_in_reverse(home: Path)
     plugins = [(n, Recorder(n, log)) for n in ("a", "b", "c")]
     async with embedded_hub(home, plugins=plugins) as hub:
         assert hub.plugins.names == [
-            "hub", "runner", "agentic", "sync", "mcp_host", "a", "b", "c",
+            "hub", "runner", "agentic", "sync", "fleet", "mcp_host", "a", "b", "c",
         ]  # fmt: skip
         assert log == ["start a", "start b", "start c"]
     assert log[3:] == ["stop c", "stop b", "stop a"]
@@ -156,9 +156,10 @@ async def test_hooks_honour_tryfirst_trylast_and_wrappers(home: Path) -> None:
         pass
     started = [entry for entry in log if entry not in ("wrap", "unwrap")]
     assert started == ["first", "a", "b", "last"]
-    # the wrapper wraps each plugin's call, the built-ins' (runner, agentic, sync, mcp_host)
+    # the wrapper wraps each plugin's call, the built-ins' (runner, agentic, sync, fleet,
+    # mcp_host)
     assert log[:3] == ["wrap", "first", "unwrap"]
-    assert log.count("wrap") == log.count("unwrap") == len(started) + 4
+    assert log.count("wrap") == log.count("unwrap") == len(started) + 5
 
 
 async def test_trace_logs_every_hook_call(home: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -289,7 +290,7 @@ async def test_a_disabled_plugins_section_is_reported_not_refused(
     home: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     text = "greeter:\n  times: 0\ndispatch:\n  total_concurrency: 0\n"
-    env = {**config_env(home, text), "FLEETBUS_DISABLE_PLUGINS": "greeter,runner,agentic,sync"}
+    env = {**config_env(home, text), "FLEETBUS_DISABLE_PLUGINS": "greeter,runner,agentic,sync,fleet"}
     with caplog.at_level(logging.INFO, logger="fleetbus.manifests"):
         async with embedded_hub(home, env=env, plugins=[("greeter", GreeterPlugin())]) as hub:
             assert hub.config.ignored == {
@@ -553,7 +554,7 @@ async def test_query_over_ipc(home: Path) -> None:
         assert await client.query("Lookup", {"key": "a"}, all=True) == [{"key": "a", "value": "A"}]
         with pytest.raises(
             InvalidInput,
-            match=r"unknown query 'Nope' \(known: FinishedRuns, FinishedTasks, Lookup, WorkspaceQuery\)",
+            match=r"unknown query 'Nope' \(known: FinishedRuns, FinishedTasks, FreeSlots, Lookup, WorkspaceQuery\)",
         ):
             await client.query("Nope", {})
         with pytest.raises(InvalidInput, match="key"):

@@ -66,7 +66,7 @@ def test_builtin_manifest_loads(tmp_path: Path) -> None:
     assert manifest.dispatch.max_prompt_bytes == 1048576
     assert manifest.dispatch.start_frozen is False
     assert manifest.hub.idle_timeout == 600
-    assert list(manifest) == ["agentic", "agents", "dispatch", "hub", "sync"]
+    assert list(manifest) == ["agentic", "agents", "dispatch", "fleet", "hub", "sync"]
     assert manifest[AGENTS] is manifest.agents and manifest[DISPATCH] is manifest.dispatch
     assert manifest[HUB].idle_timeout == 600
     assert (manifest.owner("agents"), manifest.owner("dispatch")) == ("runner", "runner")
@@ -412,12 +412,12 @@ def test_missing_files(tmp_path: Path) -> None:
         ),
         pytest.param(
             "plugins:\n  acme: {}\n",
-            "plugins: unknown key (known keys: agentic, agents, dispatch, hub, sync)",
+            "plugins: unknown key (known keys: agentic, agents, dispatch, fleet, hub, sync)",
             id="free-form-plugins-section-is-gone",
         ),
         pytest.param(
             "dispach:\n  total_concurrency: 2\n",
-            "dispach: unknown key; did you mean 'dispatch'? (known keys: agentic, agents, dispatch, hub, sync)",
+            "dispach: unknown key; did you mean 'dispatch'? (known keys: agentic, agents, dispatch, fleet, hub, sync)",
             id="unknown-section",
         ),
         pytest.param(
@@ -438,7 +438,7 @@ def test_missing_files(tmp_path: Path) -> None:
         ),
         pytest.param(
             "- a\n- b\n",
-            "the top level must be a mapping of sections (agentic:, agents:, dispatch:, hub:, sync:), got a list",
+            "the top level must be a mapping of sections (agentic:, agents:, dispatch:, fleet:, hub:, sync:), got a list",
             id="top-level-list",
         ),
         pytest.param("just words\n", "the top level must be a mapping", id="top-level-str"),
@@ -496,6 +496,7 @@ def test_schemas_document_every_field() -> None:
         "dispatch.schema.json",
         "hub.schema.json",
         "sync.schema.json",
+        "fleet.schema.json",
     }
     manifest = schemas()["manifest.schema.json"]
     for name, definition in manifest["$defs"].items():

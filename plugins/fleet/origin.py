@@ -1,0 +1,181 @@
+"""The asking side of fleet mode: what happened to the tasks this hub put on the queue,
+whichever hub ran them, told to the session that asked.
+
+Events for this node arrive on its durable consumer of the events stream (a hub that was
+away catches up). A start becomes `fleet.task_started` and a `running` channel event; an
+end becomes `fleet.task_ended` and the channel event of the run's end, once per task: a
+second end (a superseded delivery, a repeated event) changes nothing. Each is published
+in a context carrying the dispatch's origin, so the MCP front end routes it to the
+session that called `fleet_dispatch`, as it does for local runs.
+
+Also here: dead letters (a task that reached `max_deliver` because the hubs holding it
+were lost; every hub hears the advisory, the first to write `dead.<task>` reports it) and
+the mirror of other hubs' run and task messages as `fleet.remote`, for `fleetbus tail`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import anyio.abc
+
+from fleetbus.bus import ChannelPush, Context, Message
+
+from .models import TERMINAL, FleetRemote, FleetTask, FleetTaskEnded, FleetTaskStarted
+
+if TYPE_CHECKING:
+    from .service import Fleet
+
+log = logging.getLogger("fleetbus.fleet")
+
+STATUS_CHANNEL = "agent.status"
+MIRRORED = ("runner.", "agentic.", "fleet.task_")
+
+
+class Origin:
+    def __init__(self, fleet: Fleet) -> None:
+        self.fleet = fleet
+        self.hub = fleet.hub
+
+    @property
+    def t(self) -> Any:
+        assert self.fleet.transport is not None
+        return self.fleet.transport
+
+    def start(self, tg: anyio.abc.TaskGroup) -> None:
+        tg.start_soon(self.events_loop, name="fleet events")
+        tg.start_soon(self._subscribe, name="fleet advisories")
+
+    async def _subscribe(self) -> None:
+        await self.t.on_dead_letter(self.dead_letter)
+        await self.t.on_mirror(self.remote)
+
+    # -- events of our tasks -----------------------------------------------------------------
+    async def events_loop(self) -> None:
+        while True:
+            try:
+                msg = await self.t.next_event(5.0)
+            except Exception as e:
+                log.debug("fleet events: %s", e)
+                await anyio.sleep(1.0)
+                continue
+            if msg is None:
+                continue
+            try:
+                await self.handle(json.loads(msg.data))
+            except Exception as e:
+                log.warning("fleet: an event could not be handled: %s", e)
+            await self.t.reply(msg.reply, b"+ACK")
+
+    async def handle(self, event: dict[str, Any]) -> None:
+        task_id = str(event["task_id"])
+        kind = event.get("kind")
+        status = str(event.get("status", ""))
+        now = self.hub.wall_clock()
+        fields = (event.get("node"), event.get("run_id"), event.get("delivery"))
+
+        def record(tx: Any) -> bool:
+            row = tx.execute(
+                "SELECT status FROM fleet_tasks WHERE task_id = ?", [task_id]
+            ).fetchone()
+            if row is not None and row[0] in TERMINAL:
+                return False  # told once already
+            if kind == "started":
+                tx.execute(
+                    "UPDATE fleet_tasks SET status = 'running', node = ?, run_id = ?, "
+                    "delivery = ? WHERE task_id = ?",
+                    [*fields, task_id],
+                )
+            else:
+                tx.execute(
+                    "UPDATE fleet_tasks SET status = ?, node = ?, run_id = ?, delivery = ?, "
+                    "exit_code = ?, reason = ?, ended_at = ? WHERE task_id = ?",
+                    [status, *fields, event.get("exit_code"), str(event.get("reason", "")),
+                     now, task_id],
+                )  # fmt: skip
+            return True
+
+        if not await self.hub.store.write(record):
+            return
+        self.announce(event)
+
+    def announce(self, event: dict[str, Any]) -> None:
+        origin = {str(k): str(v) for k, v in (event.get("origin") or {}).items()}
+        ctx = Context(caller="fleet", origin=origin)
+        base = {
+            "task_id": str(event["task_id"]),
+            "agent": str(event.get("agent", "")),
+            "workspace": str(event.get("workspace", "")),
+            "node": str(event.get("node", "")),
+            "run_id": event.get("run_id"),
+            "delivery": event.get("delivery"),
+        }
+        status = str(event.get("status", ""))
+        where = f"{base['agent']} on {base['node']}"
+        if event.get("kind") == "started":
+            message: FleetTaskStarted | FleetTaskEnded = FleetTaskStarted(**base)
+            content = f"{where} started {base['workspace']} (task {base['task_id']})"
+        else:
+            code = event.get("exit_code")
+            message = FleetTaskEnded(**base, status=status, exit_code=code,
+                                     reason=str(event.get("reason", "")))  # fmt: skip
+            exit_text = f", exit {code}" if code is not None else ""
+            why = f" ({event['reason']})" if event.get("reason") else ""
+            content = f"{where} finished {base['workspace']}: {status}{exit_text}{why}"
+        meta = {"channel": STATUS_CHANNEL, "status": status or "running", "fleet": "1"}
+        meta.update({k: str(v) for k, v in base.items() if v is not None})
+        meta.setdefault("run_id", str(base["task_id"]))  # coalescing keeps one line per run
+        bus = self.hub.bus
+        bus.publish(message, ctx)
+        bus.publish(ChannelPush(channel=STATUS_CHANNEL, content=content, meta=meta), ctx)
+
+    # -- dead letters ------------------------------------------------------------------------
+    async def dead_letter(self, seq: int) -> None:
+        body = await self.t.stored(seq)
+        if body is None:
+            return
+        try:
+            task = FleetTask.model_validate_json(body)
+        except ValueError:
+            await self.t.remove(seq)
+            return
+        spec = self.fleet.spec
+        if not await self.t.create(f"dead.{task.task_id}", {"node": self.fleet.node}):
+            return  # another hub reports it
+        reason = (
+            f"dead-lettered after {spec.max_deliver} deliveries (the hubs holding it were lost)"
+        )
+        event = {
+            "kind": "ended", "task_id": task.task_id, "agent": task.agent,
+            "workspace": task.workspace, "node": self.fleet.node, "run_id": None,
+            "delivery": spec.max_deliver, "status": "dead_lettered", "exit_code": None,
+            "reason": reason, "origin": task.origin,
+        }  # fmt: skip
+        await self.t.create(f"outcome.{task.task_id}", {"status": "dead_lettered"})
+        await self.t.publish_event(task.origin_node, event, f"{task.task_id}:dead")
+        await self.t.remove(seq)
+        await self.fleet.audit("dead_lettered", task.task_id, reason)
+        log.warning("fleet: task %s %s", task.task_id, reason)
+
+    # -- the mirror --------------------------------------------------------------------------
+    async def mirror(self, message: Message) -> None:
+        """Send a local run or task message to the other hubs (subscriber)."""
+        topic = message.topic
+        if not topic.startswith(MIRRORED) or not self.fleet.online:
+            return
+        body = {"topic": topic, "data": message.model_dump(mode="json")}
+        try:
+            await self.t.mirror(json.dumps(body).encode())
+        except Exception as e:
+            log.debug("fleet mirror: %s", e)
+
+    async def remote(self, node: str, data: bytes) -> None:
+        try:
+            body = json.loads(data)
+            message = FleetRemote(node=node, remote_topic=str(body["topic"]), data=body["data"])
+        except (ValueError, KeyError, TypeError):
+            return
+        self.hub.bus.publish(message, Context(caller=f"fleet:{node}"))

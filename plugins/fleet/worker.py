@@ -1,0 +1,350 @@
+"""The executing side of fleet mode: take tasks from the fleet's queue as fast as this
+hub's lanes free up, run them on the local runner, keep their deliveries alive, and settle
+them with fencing.
+
+Per agent, one pull loop: when the runner answers that a run of the agent could start here
+(`FreeSlots`), take the oldest task of the highest waiting priority, then a fleet-wide slot
+token for its agent (waiting while the fleet is at its cap), and hand the task to
+`runner.dispatch` with the idempotency key `fleet:<task>`, so a task delivered again to
+the same hub finds its run instead of starting a second one. The delivery's reply
+subjects are stored with the run, and every third of `ack_wait` an in-progress ack goes
+to the task and the slot; a restarted hub resumes those acks from the store.
+
+Fencing: taking delivery n of a task raises its claim (`claim.<task>` in the tasks bucket)
+to n. When the run ends, a delivery that finds a higher claim was superseded (its hub was
+lost for longer than `ack_wait` and the task went elsewhere): its result is recorded (an
+audit row and `late.<task>.<n>`) but it writes no outcome, sends no event and acks
+nothing (its slot token has moved on too). Otherwise the outcome is written once
+(`outcome.<task>`), the end goes to the origin hub's events, and the task is acked and
+the slot given back.
+
+A message on the dispatch subjects that is not a valid task is terminated (`+TERM`, never
+retried) with an audit row.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import anyio.abc
+from pydantic import ValidationError
+
+from fleetbus.bus import Context, Message
+from fleetbus.bus.errors import BusError
+from fleetbus.plugins.runner.models import FreeSlots, RunCompleted, RunStarted
+
+from .models import FleetTask
+from .transport import Delivery, FleetError
+
+if TYPE_CHECKING:
+    from .service import Fleet
+
+log = logging.getLogger("fleetbus.fleet")
+
+IDLE_POLL = 1.0  # seconds between looks at an empty queue (a dispatch nudges sooner)
+
+
+class Held:
+    """A delivery this hub runs: the task, its replies, its run."""
+
+    __slots__ = ("delivery", "run_id", "slot_reply", "task", "task_reply")
+
+    def __init__(self, task: FleetTask, delivery: int, task_reply: str, slot_reply: str) -> None:
+        self.task = task
+        self.delivery = delivery
+        self.task_reply = task_reply
+        self.slot_reply = slot_reply
+        self.run_id: str | None = None
+
+
+class Worker:
+    def __init__(self, fleet: Fleet) -> None:
+        self.fleet = fleet
+        self.hub = fleet.hub
+        self.spec = fleet.spec
+        self.held: dict[tuple[str, int], Held] = {}
+        self.by_run: dict[str, Held] = {}
+        self.wake: dict[str, anyio.Event] = {a: anyio.Event() for a in fleet.agents}
+        self.ended_send, self.ended_recv = anyio.create_memory_object_stream[RunCompleted](math.inf)
+
+    @property
+    def t(self) -> Any:
+        assert self.fleet.transport is not None
+        return self.fleet.transport
+
+    @property
+    def running(self) -> int:
+        return len(self.held)
+
+    def start(self, tg: anyio.abc.TaskGroup) -> None:
+        for agent in self.fleet.agents:
+            tg.start_soon(self.pull_loop, agent, name=f"fleet pull {agent}")
+        tg.start_soon(self.keep_alive, name="fleet in-progress acks")
+        tg.start_soon(self.settle_loop, name="fleet settle")
+        tg.start_soon(self._listen_nudges, name="fleet nudges")
+
+    async def _listen_nudges(self) -> None:
+        async def on(msg: Any) -> None:
+            agent = msg.subject.rsplit(".", 1)[-1]
+            self.poke(agent)
+
+        await self.t._nc().subscribe(f"{self.t.prefix}.nudge.*", cb=on)
+
+    async def nudge(self, agent: str) -> None:
+        """Tell every hub that `agent` has new work (they look at once, not at the poll)."""
+        try:
+            await self.t._nc().publish(f"{self.t.prefix}.nudge.{agent}", b"")
+        except Exception as e:
+            log.debug("fleet nudge failed: %s", e)
+
+    def poke(self, agent: str) -> None:
+        event = self.wake.get(agent)
+        if event is not None:
+            event.set()
+
+    # -- messages from the local bus ---------------------------------------------------------
+    def on_message(self, message: Message) -> None:
+        """A local run started or ended (subscriber): settle ours, look for more work."""
+        if isinstance(message, RunCompleted):
+            if message.run_id in self.by_run:
+                self.ended_send.send_nowait(message)
+            self.poke(message.agent)
+        elif isinstance(message, RunStarted) and message.run_id in self.by_run:
+            held = self.by_run[message.run_id]
+            self.hub.task_group.start_soon(self.tell_started, held)
+
+    # -- taking work -------------------------------------------------------------------------
+    async def pull_loop(self, agent: str) -> None:
+        while True:
+            try:
+                await self.pull_once(agent)
+            except (FleetError, OSError, TimeoutError) as e:
+                log.debug("fleet pull %s: %s", agent, e)
+                await self._idle(agent)
+            except Exception as e:
+                if type(e).__module__.startswith("nats"):
+                    log.debug("fleet pull %s: %s", agent, e)
+                    await self._idle(agent)
+                else:
+                    raise
+
+    async def _idle(self, agent: str) -> None:
+        with anyio.move_on_after(IDLE_POLL):
+            await self.wake[agent].wait()
+        self.wake[agent] = anyio.Event()
+
+    async def pull_once(self, agent: str) -> None:
+        free = await self.hub.bus.query(FreeSlots(agent=agent))
+        if not free:
+            await self._idle(agent)
+            return
+        task_msg = await self.t.take_task(agent)
+        if task_msg is None:
+            await self._idle(agent)
+            return
+        task = await self.check(task_msg)
+        if task is None:
+            return
+        slot = None
+        while slot is None:
+            slot = await self.t.take_slot(agent, wait=min(5.0, self.spec.ack_wait / 3))
+            if slot is None:
+                await self.t.reply(task_msg.reply, b"+WPI")  # still ours while we wait
+        await self.run(task, task_msg, slot)
+
+    async def check(self, msg: Delivery) -> FleetTask | None:
+        """The task in `msg`, or None after terminating a message that is not one."""
+        try:
+            return FleetTask.model_validate_json(msg.data)
+        except (ValidationError, ValueError) as e:
+            await self.t.reply(msg.reply, b"+TERM")
+            detail = {"subject": msg.subject, "seq": msg.stream_seq, "error": str(e)[:500]}
+            await self.fleet.audit("refused", None, detail)
+            log.warning("fleet: terminated a message on %s that is not a valid dispatch",
+                        msg.subject)  # fmt: skip
+            return None
+
+    async def run(self, task: FleetTask, msg: Delivery, slot: Delivery) -> None:
+        n = msg.delivered
+        if not await self.claim(task.task_id, n):
+            await self.t.reply(slot.reply, b"-NAK")  # a newer delivery owns the task
+            return
+        done, _ = await self.t.get(f"outcome.{task.task_id}")
+        if done is not None:  # it ended already; only its ack was lost
+            await self.t.reply(msg.reply, b"+ACK")
+            await self.t.reply(slot.reply, b"-NAK")
+            return
+        held = Held(task, n, msg.reply, slot.reply)
+        self.held[(task.task_id, n)] = held
+        await self.store_held(held)
+        payload = task.model_dump(exclude={"task_id", "origin_node", "origin", "created_at"})
+        payload["idempotency_key"] = f"fleet:{task.task_id}"
+        ctx = Context(
+            caller="fleet",
+            origin={"mcp_session": f"fleet:{task.task_id}", "fleet_task": task.task_id},
+        )
+        try:
+            result = await self.hub.bus.perform("runner.dispatch", payload, context=ctx)
+        except BusError as e:
+            await self.finish(held, "failed", None, f"refused on {self.fleet.node}: {e}")
+            return
+        held.run_id = result.run_id
+        self.by_run[result.run_id] = held
+
+        def note_run(tx: Any) -> None:
+            tx.execute(
+                "UPDATE fleet_runs SET run_id = ? WHERE task_id = ? AND delivery = ?",
+                [result.run_id, task.task_id, n],
+            )
+
+        await self.hub.store.write(note_run, durable=False)
+        if result.status == "running":
+            await self.tell_started(held)
+        elif result.status not in ("queued",):
+            await self.finish(held, str(result.status), None, result.reason)
+
+    async def claim(self, task_id: str, delivery: int) -> bool:
+        """Raise the task's claim to `delivery`; False if a newer delivery holds it."""
+        key = f"claim.{task_id}"
+        for _ in range(10):
+            have, rev = await self.t.get(key)
+            value = {"delivery": delivery, "node": self.fleet.node}
+            if have is None:
+                if await self.t.create(key, value):
+                    return True
+            elif int(have.get("delivery", 0)) > delivery:
+                return False
+            elif (
+                int(have["delivery"]) == delivery and have.get("node") == self.fleet.node
+            ) or await self.t.update(key, value, rev):
+                return True
+        return False
+
+    async def store_held(self, held: Held) -> None:
+        def insert(tx: Any) -> None:
+            tx.execute(
+                "INSERT OR REPLACE INTO fleet_runs (task_id, delivery, run_id, task, reply, "
+                "slot_reply, state, started_at) VALUES (?, ?, ?, ?, ?, ?, 'running', ?)",
+                [held.task.task_id, held.delivery, held.run_id, held.task.model_dump_json(),
+                 held.task_reply, held.slot_reply, self.hub.wall_clock()],
+            )  # fmt: skip
+
+        await self.hub.store.write(insert)
+
+    # -- while it runs -----------------------------------------------------------------------
+    async def keep_alive(self) -> None:
+        while True:
+            await anyio.sleep(self.spec.ack_wait / 3)
+            try:
+                for held in list(self.held.values()):
+                    await self.t.reply(held.task_reply, b"+WPI")
+                    await self.t.reply(held.slot_reply, b"+WPI")
+            except Exception as e:
+                log.debug("fleet in-progress acks: %s", e)
+
+    async def tell_started(self, held: Held) -> None:
+        await self.event(held, "started", "running", None, "")
+
+    async def event(
+        self, held: Held, kind: str, status: str, exit_code: int | None, reason: str
+    ) -> None:
+        task = held.task
+        body = {
+            "kind": kind,
+            "task_id": task.task_id,
+            "agent": task.agent,
+            "workspace": task.workspace,
+            "node": self.fleet.node,
+            "run_id": held.run_id,
+            "delivery": held.delivery,
+            "status": status,
+            "exit_code": exit_code,
+            "reason": reason,
+            "origin": task.origin,
+        }
+        try:
+            await self.t.publish_event(
+                task.origin_node, body, f"{task.task_id}:{kind}:{held.delivery}"
+            )
+        except Exception as e:
+            log.warning("fleet: could not tell %s about task %s: %s", task.origin_node,
+                        task.task_id, e)  # fmt: skip
+
+    # -- the end -----------------------------------------------------------------------------
+    async def settle_loop(self) -> None:
+        async for message in self.ended_recv:
+            held = self.by_run.get(message.run_id)
+            if held is None:
+                continue
+            try:
+                await self.finish(held, message.status, message.exit_code, message.reason)
+            except Exception as e:
+                log.warning("fleet: settling task %s failed: %s", held.task.task_id, e)
+
+    async def finish(self, held: Held, status: str, exit_code: int | None, reason: str) -> None:
+        task = held.task
+        n = held.delivery
+        if self.held.get((task.task_id, n)) is not held:
+            return  # settled already (its end and a restart's look can both arrive)
+        del self.held[(task.task_id, n)]
+        if held.run_id is not None:
+            self.by_run.pop(held.run_id, None)
+        claim, _ = await self.t.get(f"claim.{task.task_id}")
+        state = "ended"
+        if claim is not None and int(claim.get("delivery", 0)) > n:
+            state = "superseded"
+            late = {"status": status, "exit_code": exit_code, "node": self.fleet.node,
+                    "delivery": n, "superseded_by": claim.get("delivery")}  # fmt: skip
+            await self.t.put(f"late.{task.task_id}.{n}", late)
+            await self.fleet.audit("late", task.task_id, late)
+        else:
+            outcome = {"status": status, "exit_code": exit_code, "delivery": n,
+                       "node": self.fleet.node, "run_id": held.run_id, "reason": reason}  # fmt: skip
+            await self.t.create(f"outcome.{task.task_id}", outcome)
+            await self.event(held, "ended", status, exit_code, reason)
+            await self.t.reply(held.task_reply, b"+ACK")
+            await self.t.reply(held.slot_reply, b"-NAK")
+            await self.t.flush()
+
+        def mark(tx: Any) -> None:
+            tx.execute(
+                "UPDATE fleet_runs SET state = ? WHERE task_id = ? AND delivery = ?",
+                [state, task.task_id, n],
+            )
+
+        await self.hub.store.write(mark, durable=False)
+        self.poke(task.agent)
+
+    # -- after a restart ---------------------------------------------------------------------
+    async def resume(self) -> None:
+        """Take back the deliveries this hub was running when it stopped: in-progress acks
+        at once (the task stays ours if we are back within ack_wait); runs that ended
+        meanwhile are settled now."""
+
+        def read(db: Any) -> list[dict[str, Any]]:
+            return list(db.query("SELECT * FROM fleet_runs WHERE state = 'running'"))
+
+        rows = await self.hub.store.read(read)
+        for row in rows:
+            task = FleetTask.model_validate_json(row["task"])
+            held = Held(task, row["delivery"], row["reply"], row["slot_reply"])
+            held.run_id = row["run_id"]
+            self.held[(task.task_id, held.delivery)] = held
+            await self.t.reply(held.task_reply, b"+WPI")
+            await self.t.reply(held.slot_reply, b"+WPI")
+            if held.run_id is None:
+                await self.finish(held, "failed", None, "the hub stopped while starting it")
+                continue
+            self.by_run[held.run_id] = held
+            result = await self.hub.bus.perform("runner.status", {"run_id": held.run_id})
+            runs = result.runs
+            if not runs:
+                await self.finish(held, "failed", None, "its run is gone")
+            elif runs[0].status not in ("running", "queued"):
+                run = runs[0]
+                await self.finish(held, run.status, run.exit_code, run.reason)
+        if rows:
+            log.info("fleet: resumed %d deliveries", len(rows))

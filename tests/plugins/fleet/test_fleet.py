@@ -1,0 +1,271 @@
+"""Fleet mode for real: a `nats-server` from the pip package on 127.0.0.1 (a free port, a
+temporary store) and `fleetbus hub` processes in their own homes, running the fake agent.
+
+A burst spreads over the hubs under the fleet-wide cap; a hub SIGKILLed mid-run has its
+work finished elsewhere after `ack_wait`; one restarted within `ack_wait` keeps its runs
+(nothing starts twice); NATS restarted mid-workload loses nothing; a task every hub
+holding it lost is dead-lettered; the MCP session on hub A hears the end of a run that ran
+on hub C. Every wait is bounded; every process started is stopped.
+"""
+
+from __future__ import annotations
+
+import signal
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fleetbus.testing.fleet import FleetHubs, fleet_hubs
+from fleetbus.testing.mcp_wire import CHANNEL_METHOD, serve
+
+pytestmark = pytest.mark.slow
+
+ORIGIN_ONLY: dict[str, Any] = {"agents": []}  # a hub that sends work and runs none
+
+
+def dispatch(fleet: FleetHubs, node: str, workspace: str, prompt: str, **extra: Any) -> str:
+    payload = {"agent": "fake", "workspace": workspace, "prompt": prompt, **extra}
+    result = fleet.call(node, "fleet.dispatch", payload)
+    assert result["status"] == "queued", result
+    return str(result["task_id"])
+
+
+def tasks_of(fleet: FleetHubs, node: str) -> dict[str, dict[str, Any]]:
+    return {t["task_id"]: t for t in fleet.call(node, "fleet.tasks", {"limit": 1000})["tasks"]}
+
+
+def wait_ended(fleet: FleetHubs, node: str, ids: list[str], timeout: float = 90) -> Any:
+    def done(result: Any) -> bool:
+        ended = {t["task_id"]: t for t in result["tasks"] if t["ended_at"] is not None}
+        return all(i in ended for i in ids)
+
+    result = fleet.wait(node, done, "every task ended", "fleet.tasks", {"limit": 1000}, timeout)
+    return {t["task_id"]: t for t in result["tasks"]}
+
+
+def fleet_runs(fleet: FleetHubs, nodes: str) -> list[dict[str, Any]]:
+    """Every run of the fake agent on `nodes`, each with its node."""
+    return [{**r, "node": n} for n in nodes for r in fleet.runs(n) if r["agent"] == "fake"]
+
+
+def max_overlap(runs: list[dict[str, Any]]) -> int:
+    """The most runs that were running at one moment (from their start and end times)."""
+    edges = sorted(
+        [(r["started_at"], 1) for r in runs if r["started_at"]]
+        + [(r["ended_at"], -1) for r in runs if r["started_at"] and r["ended_at"]]
+    )
+    most = now = 0
+    for _, step in edges:
+        now += step
+        most = max(most, now)
+    return most
+
+
+def test_a_burst_spreads_over_the_hubs_under_the_fleet_cap(tmp_path: Path) -> None:
+    with fleet_hubs(tmp_path, ack_wait=5, caps={"fake": 4}) as fleet:
+        for node in "abc":
+            fleet.start(node, lanes=3)  # 9 lanes, a cap of 4
+        ids = [dispatch(fleet, "a", f"burst/w{i}", "sleep 0.4; echo done") for i in range(12)]
+        tasks = wait_ended(fleet, "a", ids)
+        assert {tasks[i]["status"] for i in ids} == {"completed"}
+        runs = fleet_runs(fleet, "abc")
+        per_workspace = Counter(r["workspace"] for r in runs)
+        assert per_workspace == {f"burst/w{i}": 1 for i in range(12)}, "a task ran twice"
+        assert len({r["node"] for r in runs}) >= 2, runs
+        assert max_overlap(runs) <= 4
+        assert all(tasks[i]["delivery"] == 1 for i in ids)
+        status = fleet.call("b", "fleet.status")
+        assert sorted(n["node"] for n in status["nodes"]) == ["a", "b", "c"]
+        assert status["depth"]["fake"] == {"critical": 0, "high": 0, "medium": 0, "low": 0}
+
+
+def test_priority_holds_across_the_fleet(tmp_path: Path) -> None:
+    with fleet_hubs(tmp_path, ack_wait=5, caps={"fake": 1}) as fleet:
+        fleet.start("a", **ORIGIN_ONLY)
+        first = dispatch(fleet, "a", "prio/first", "sleep 0.2")
+        low = [dispatch(fleet, "a", f"prio/low{i}", "echo low", priority="low") for i in range(3)]
+        crit = dispatch(fleet, "a", "prio/crit", "echo crit", priority="critical")
+        fleet.start("b", lanes=1)  # one hub, one lane: it takes them one at a time
+        tasks = wait_ended(fleet, "a", [first, crit, *low])
+        runs = sorted(fleet.runs("b"), key=lambda r: r["started_at"])
+        order = [r["workspace"] for r in runs]
+        assert order.index("prio/crit") < min(order.index(f"prio/low{i}") for i in range(3))
+        assert tasks[crit]["status"] == "completed"
+
+
+def test_the_mcp_session_on_a_hears_runs_that_ran_on_c(tmp_path: Path) -> None:
+    with fleet_hubs(tmp_path, ack_wait=5) as fleet:
+        fleet.start("a", **ORIGIN_ONLY)
+        fleet.start("c", lanes=2)
+        with serve(fleet.envs["a"], tmp_path) as client:
+            client.open_like_claude_code()
+            ids = []
+            for i in range(3):
+                reply = client.call_tool(
+                    "fleet_dispatch",
+                    {"agent": "fake", "workspace": f"mcp/w{i}", "prompt": "echo hi"},
+                )
+                assert not reply["result"].get("isError"), reply
+                ids.append(reply["result"]["structuredContent"]["task_id"])
+            for task_id in ids:
+
+                def ended(m: dict[str, Any], t: str = task_id) -> bool:
+                    meta = m.get("params", {}).get("meta", {})
+                    return bool(
+                        m.get("method") == CHANNEL_METHOD
+                        and meta.get("task_id") == t
+                        and meta.get("status") == "completed"
+                    )
+
+                event = client.wait_for(ended, timeout=60)
+                meta = event["params"]["meta"]
+                assert meta["node"] == "c"
+                assert "on c finished mcp/" in event["params"]["content"]
+
+
+def test_a_hub_killed_mid_run_has_its_work_finished_elsewhere(tmp_path: Path) -> None:
+    with fleet_hubs(tmp_path, ack_wait=3) as fleet:
+        fleet.start("a", **ORIGIN_ONLY)
+        fleet.start("b", lanes=4)
+        ids = [dispatch(fleet, "a", f"lost/w{i}", "sleep 4; echo done") for i in range(3)]
+        fleet.wait("b", lambda s: s["running_here"] == 3, "running all three")
+        fleet.kill("b")  # SIGKILL: no goodbye, its acks stop
+        fleet.start("c", lanes=4)
+        tasks = wait_ended(fleet, "a", ids)
+        for i in ids:
+            assert tasks[i]["status"] == "completed", tasks[i]
+            assert (tasks[i]["node"], tasks[i]["delivery"]) == ("c", 2)
+        # every task ended exactly once as the assistant sees it
+        ended = [t for t in fleet.call("a", "fleet.tasks", {"limit": 100})["tasks"]]
+        assert Counter(t["task_id"] for t in ended) == {i: 1 for i in ids}
+        assert len(fleet.runs("c")) == 3
+
+
+def test_a_hub_back_within_ack_wait_keeps_its_runs(tmp_path: Path) -> None:
+    with fleet_hubs(tmp_path, ack_wait=15) as fleet:
+        fleet.start("a", **ORIGIN_ONLY)
+        fleet.start("b", lanes=2)
+        ids = [dispatch(fleet, "a", f"back/w{i}", "sleep 3; echo done") for i in range(2)]
+        fleet.wait("b", lambda s: s["running_here"] == 2, "running both")
+        fleet.kill("b")
+        fleet.start("c", lanes=2)  # free lanes elsewhere: it must not get them
+        fleet.start("b", lanes=2)
+        tasks = wait_ended(fleet, "a", ids)
+        for i in ids:
+            assert (tasks[i]["status"], tasks[i]["node"], tasks[i]["delivery"]) == (
+                "completed",
+                "b",
+                1,
+            )
+        assert [r for r in fleet.runs("c") if r["agent"] == "fake"] == []
+        assert Counter(r["workspace"] for r in fleet.runs("b")) == {"back/w0": 1, "back/w1": 1}
+
+
+def test_nats_restarted_mid_workload_loses_nothing(tmp_path: Path) -> None:
+    with fleet_hubs(tmp_path, ack_wait=10) as fleet:
+        fleet.start("a", **ORIGIN_ONLY)
+        fleet.start("b", lanes=2)
+        ids = [dispatch(fleet, "a", f"restart/w{i}", "sleep 1; echo done") for i in range(6)]
+        fleet.wait("b", lambda s: s["running_here"] >= 1, "running")
+        fleet.server.restart()
+        tasks = wait_ended(fleet, "a", ids)
+        assert {tasks[i]["status"] for i in ids} == {"completed"}
+        assert Counter(r["workspace"] for r in fleet.runs("b")) == {
+            f"restart/w{i}": 1 for i in range(6)
+        }
+
+
+def test_a_task_every_holder_lost_is_dead_lettered(tmp_path: Path) -> None:
+    with fleet_hubs(tmp_path, ack_wait=2, max_deliver=2) as fleet:
+        fleet.start("a", **ORIGIN_ONLY)
+        fleet.start("b", lanes=1)
+        task = dispatch(fleet, "a", "dead/w0", "sleep 30")
+        fleet.wait("b", lambda s: s["running_here"] == 1, "running it")
+        fleet.kill("b")
+        fleet.start("c", lanes=1)
+        fleet.wait("c", lambda s: s["running_here"] == 1, "running it", timeout=30)
+        fleet.kill("c")
+        fleet.start("d", lanes=1)  # JetStream gives up on it when a live hub asks for work
+        tasks = wait_ended(fleet, "a", [task], timeout=60)
+        assert tasks[task]["status"] == "dead_lettered"
+        assert "after 2 deliveries" in tasks[task]["reason"]
+        assert fleet.runs("d") == []
+        records = [r for n in "ad" for r in fleet.call(n, "fleet.records")["records"]]
+        assert [r["what"] for r in records] == ["dead_lettered"]  # reported by one hub
+
+
+def test_a_message_that_is_not_a_dispatch_is_terminated(tmp_path: Path) -> None:
+    import anyio
+    import nats
+
+    with fleet_hubs(tmp_path, ack_wait=2) as fleet:
+        fleet.start("b", lanes=1)
+
+        async def publish() -> None:
+            nc = await nats.connect(fleet.server.url)
+            js = nc.jetstream()
+            await js.publish("fleetbus.dispatch.fake.medium", b'{"not": "a task"}')
+            await nc.close()
+
+        anyio.run(publish)
+        status = fleet.wait(
+            "b", lambda s: s["depth"]["fake"]["medium"] == 0, "taking it", "fleet.status"
+        )
+        assert status["running_here"] == 0
+        records = fleet.call("b", "fleet.records")["records"]
+        assert records and records[0]["what"] == "refused"
+        assert "fleetbus.dispatch.fake.medium" in records[0]["detail"]
+        task = dispatch(fleet, "b", "after/w0", "echo ok")  # the queue still works
+        assert wait_ended(fleet, "b", [task])[task]["status"] == "completed"
+
+
+def test_an_unreachable_nats_leaves_the_hub_in_local_mode(tmp_path: Path) -> None:
+    with fleet_hubs(tmp_path) as fleet:
+        fleet.server.stop()
+        fleet.start("a", wait_connected=False)
+        status = fleet.wait("a", lambda s: "cannot be reached" in s["note"], "saying why")
+        assert status["connected"] is False
+        assert status["note"].startswith("local mode:")
+        assert "\n" not in status["note"]
+        run = fleet.call("a", "runner.dispatch", {"agent": "fake", "workspace": "l/w",
+                                                  "prompt": "echo local"})  # fmt: skip
+        assert run["status"] in ("running", "queued")
+        with pytest.raises(Exception, match="not reachable"):
+            fleet.call("a", "fleet.dispatch", {"agent": "fake", "workspace": "f/w",
+                                               "prompt": "x"})  # fmt: skip
+        fleet.server.start()  # it connects once NATS is there
+        fleet.wait("a", lambda s: s["connected"], "connected", timeout=60)
+        assert "cannot be reached" in fleet.log("a")
+
+
+def test_wrong_credentials_are_one_clear_line(tmp_path: Path) -> None:
+    with fleet_hubs(tmp_path, token="s3cret-token") as fleet:
+        fleet.start("a", env={"FLEETBUS_NATS_CREDENTIALS": "wrong-token"}, wait_connected=False)
+        status = fleet.wait("a", lambda s: "credentials" in s["note"], "refusing")
+        assert "refused the credentials" in status["note"]
+        assert "wrong-token" not in status["note"] and "wrong-token" not in fleet.log("a")
+        fleet.kill("a", signal.SIGTERM)
+        fleet.start("a", env={"FLEETBUS_NATS_CREDENTIALS": "s3cret-token"})
+
+
+def test_a_stream_made_with_other_settings_is_refused_by_name(tmp_path: Path) -> None:
+    import anyio
+    import nats
+
+    with fleet_hubs(tmp_path) as fleet:
+
+        async def make() -> None:
+            nc = await nats.connect(fleet.server.url)
+            await nc.jetstream().add_stream(
+                name="FLEETBUS_DISPATCH", subjects=["fleetbus.dispatch.>"]
+            )
+            await nc.close()
+
+        anyio.run(make)
+        fleet.start("a", wait_connected=False)
+        status = fleet.wait("a", lambda s: "retention" in s["note"], "refusing the stream")
+        assert "FLEETBUS_DISPATCH" in status["note"]
+        assert "retention=limits" in status["note"] and "workqueue" in status["note"]
+        assert status["connected"] is False
