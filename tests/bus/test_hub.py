@@ -290,7 +290,10 @@ async def test_a_disabled_plugins_section_is_reported_not_refused(
     home: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     text = "greeter:\n  times: 0\ndispatch:\n  total_concurrency: 0\n"
-    env = {**config_env(home, text), "FLEETBUS_DISABLE_PLUGINS": "greeter,runner,agentic,sync,fleet"}
+    env = {
+        **config_env(home, text),
+        "FLEETBUS_DISABLE_PLUGINS": "greeter,runner,agentic,sync,fleet",
+    }
     with caplog.at_level(logging.INFO, logger="fleetbus.manifests"):
         async with embedded_hub(home, env=env, plugins=[("greeter", GreeterPlugin())]) as hub:
             assert hub.config.ignored == {
