@@ -127,7 +127,10 @@ class Origin:
             content = f"{where} finished {base['workspace']}: {status}{exit_text}{why}"
         meta = {"channel": STATUS_CHANNEL, "status": status or "running", "fleet": "1"}
         meta.update({k: str(v) for k, v in base.items() if v is not None})
-        meta.setdefault("run_id", str(base["task_id"]))  # coalescing keeps one line per run
+        # the id the assistant holds is the task's (the run's id is the executing hub's);
+        # coalesced events list their tasks under run_ids/statuses by it
+        meta["node_run_id"] = meta.pop("run_id", "")
+        meta["run_id"] = str(base["task_id"])
         bus = self.hub.bus
         bus.publish(message, ctx)
         bus.publish(ChannelPush(channel=STATUS_CHANNEL, content=content, meta=meta), ctx)

@@ -57,7 +57,7 @@ class Fleet:
         self.hub = hub
         self.spec = hub.config[FLEET]
         self.node = self.spec.node_name
-        agents = hub.config.get(AGENTS, {})  # the runner may be off
+        agents = hub.config[AGENTS] if AGENTS in hub.config else {}  # noqa: SIM401 (runner off)
         configured_agents: list[str] = list(agents)
         wanted = self.spec.agents if self.spec.agents is not None else configured_agents
         self.agents = [token_of(a) for a in wanted if a in configured_agents]

@@ -95,34 +95,80 @@ def test_priority_holds_across_the_fleet(tmp_path: Path) -> None:
         assert tasks[crit]["status"] == "completed"
 
 
+def ended_by_channel(messages: list[dict[str, Any]]) -> Counter[str]:
+    """How many times each task was reported ended in channel events (coalesced ones
+    list theirs in `statuses`, `task:status,...`)."""
+    ended: Counter[str] = Counter()
+    for m in messages:
+        if m.get("method") != CHANNEL_METHOD:
+            continue
+        meta = m["params"]["meta"]
+        pairs = (
+            [p.rsplit(":", 1) for p in meta["statuses"].split(",")]
+            if "statuses" in meta
+            else [[meta.get("run_id", ""), meta.get("status", "")]]
+        )
+        ended.update(task for task, status in pairs if status not in ("running", "queued"))
+    return ended
+
+
+def test_thirty_runs_through_one_mcp_session_spread_under_the_cap(tmp_path: Path) -> None:
+    """The issue's acceptance: 30 one-second runs dispatched through hub A's MCP server
+    all complete, on at least two hubs, never more than the fleet-wide cap at once, and
+    that session receives every completion as a channel event (hub A's runs too)."""
+    cap = 5
+    with fleet_hubs(tmp_path, ack_wait=10, caps={"fake": cap}) as fleet:
+        for node in "abc":
+            fleet.start(node, lanes=3)
+        with serve(fleet.envs["a"], tmp_path) as client:
+            client.open_like_claude_code()
+            ids = []
+            for i in range(30):
+                reply = client.call_tool(
+                    "fleet_dispatch",
+                    {"agent": "fake", "workspace": f"mcp/w{i}", "prompt": "sleep 1; echo hi"},
+                )
+                assert not reply["result"].get("isError"), reply
+                ids.append(reply["result"]["structuredContent"]["task_id"])
+
+            def all_ended(_m: dict[str, Any]) -> bool:
+                return set(ended_by_channel(client.messages)) >= set(ids)
+
+            client.wait_for(all_ended, timeout=120)
+            seen = ended_by_channel(client.messages)
+            assert {t: seen[t] for t in ids} == {t: 1 for t in ids}  # each exactly once
+        tasks = wait_ended(fleet, "a", ids)
+        assert {tasks[t]["status"] for t in ids} == {"completed"}
+        runs = fleet_runs(fleet, "abc")
+        assert Counter(r["workspace"] for r in runs) == {f"mcp/w{i}": 1 for i in range(30)}
+        assert len({r["node"] for r in runs}) >= 2
+        assert max_overlap(runs) <= cap
+
+
 def test_the_mcp_session_on_a_hears_runs_that_ran_on_c(tmp_path: Path) -> None:
     with fleet_hubs(tmp_path, ack_wait=5) as fleet:
         fleet.start("a", **ORIGIN_ONLY)
         fleet.start("c", lanes=2)
         with serve(fleet.envs["a"], tmp_path) as client:
             client.open_like_claude_code()
-            ids = []
-            for i in range(3):
-                reply = client.call_tool(
-                    "fleet_dispatch",
-                    {"agent": "fake", "workspace": f"mcp/w{i}", "prompt": "echo hi"},
+            reply = client.call_tool(
+                "fleet_dispatch", {"agent": "fake", "workspace": "mcp/c", "prompt": "echo hi"}
+            )
+            task_id = reply["result"]["structuredContent"]["task_id"]
+
+            def ended(m: dict[str, Any]) -> bool:
+                meta = m.get("params", {}).get("meta", {})
+                return bool(
+                    m.get("method") == CHANNEL_METHOD
+                    and meta.get("task_id") == task_id
+                    and meta.get("status") == "completed"
                 )
-                assert not reply["result"].get("isError"), reply
-                ids.append(reply["result"]["structuredContent"]["task_id"])
-            for task_id in ids:
 
-                def ended(m: dict[str, Any], t: str = task_id) -> bool:
-                    meta = m.get("params", {}).get("meta", {})
-                    return bool(
-                        m.get("method") == CHANNEL_METHOD
-                        and meta.get("task_id") == t
-                        and meta.get("status") == "completed"
-                    )
-
-                event = client.wait_for(ended, timeout=60)
-                meta = event["params"]["meta"]
-                assert meta["node"] == "c"
-                assert "on c finished mcp/" in event["params"]["content"]
+            event = client.wait_for(ended, timeout=60)
+            meta = event["params"]["meta"]
+            assert (meta["node"], meta["run_id"], meta["agent"]) == ("c", task_id, "fake")
+            assert meta["node_run_id"] == fleet.runs("c")[0]["run_id"]
+            assert "fake on c finished mcp/c: completed, exit 0" in event["params"]["content"]
 
 
 def test_a_hub_killed_mid_run_has_its_work_finished_elsewhere(tmp_path: Path) -> None:
