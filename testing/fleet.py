@@ -33,10 +33,17 @@ from .processes import reap_runs
 class FleetHubs:
     """Hub processes in homes `root/<node>`, each with a manifest naming the NATS server."""
 
-    def __init__(self, root: Path, server: NatsServer, fleet: Mapping[str, Any]) -> None:
+    def __init__(
+        self,
+        root: Path,
+        server: NatsServer,
+        fleet: Mapping[str, Any],
+        manifest: Mapping[str, Any] | None = None,
+    ) -> None:
         self.root = root
         self.server = server
         self.fleet = dict(fleet)
+        self.manifest = dict(manifest or {})  # more sections every hub's manifest has
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.homes: dict[str, Path] = {}
         self.envs: dict[str, dict[str, str]] = {}
@@ -48,13 +55,18 @@ class FleetHubs:
         lanes: int = 2,
         env: Mapping[str, str] | None = None,
         wait_connected: bool = True,
+        alone: bool = False,
         **fleet: Any,
     ) -> subprocess.Popen[bytes]:
-        """Start (or restart) the hub of `node` with `lanes` total lanes."""
+        """Start (or restart) the hub of `node` with `lanes` total lanes; `alone`: without
+        a fleet section (a hub on its own, for comparison)."""
         home = self.homes.setdefault(node, self.root / node)
         home.mkdir(parents=True, exist_ok=True)
         spec = {"url": self.server.url, "node": node, **self.fleet, **fleet}
-        manifest = {"fleet": spec, "dispatch": {"total_concurrency": lanes}}
+        dispatch = {**self.manifest.get("dispatch", {}), "total_concurrency": lanes}
+        manifest = {**self.manifest, "dispatch": dispatch}
+        if not alone:
+            manifest["fleet"] = spec
         config = home / "fleet-manifest.yaml"
         config.write_text(json.dumps(manifest))
         hub_env = isolated_env(home, config=config)
@@ -77,7 +89,7 @@ class FleetHubs:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"hub {node} did not open its socket in 30s")
             time.sleep(0.02)
-        if wait_connected:
+        if wait_connected and not alone:
             self.wait(node, lambda s: s["connected"], "connected to NATS", "fleet.status")
         return proc
 
@@ -134,10 +146,17 @@ class FleetHubs:
 
 
 @contextmanager
-def fleet_hubs(root: Path, *, token: str | None = None, **fleet: Any) -> Iterator[FleetHubs]:
-    """A NATS server and a `FleetHubs` on it; `fleet` holds settings every hub shares."""
+def fleet_hubs(
+    root: Path,
+    *,
+    token: str | None = None,
+    manifest: Mapping[str, Any] | None = None,
+    **fleet: Any,
+) -> Iterator[FleetHubs]:
+    """A NATS server and a `FleetHubs` on it; `fleet` holds the fleet settings every hub
+    shares, `manifest` other sections (agents, dispatch) they share."""
     with nats_server(root, token=token) as server:
-        hubs = FleetHubs(root, server, fleet)
+        hubs = FleetHubs(root, server, fleet, manifest)
         try:
             yield hubs
         finally:

@@ -57,18 +57,17 @@ class Origin:
     async def events_loop(self) -> None:
         while True:
             try:
-                msg = await self.t.next_event(5.0)
+                msgs = await self.t.next_events(64, 5.0)
             except Exception as e:
                 log.debug("fleet events: %s", e)
                 await anyio.sleep(1.0)
                 continue
-            if msg is None:
-                continue
-            try:
-                await self.handle(json.loads(msg.data))
-            except Exception as e:
-                log.warning("fleet: an event could not be handled: %s", e)
-            await self.t.reply(msg.reply, b"+ACK")
+            for msg in msgs:
+                try:
+                    await self.handle(json.loads(msg.data))
+                except Exception as e:
+                    log.warning("fleet: an event could not be handled: %s", e)
+                await self.t.reply(msg.reply, b"+ACK")
 
     async def handle(self, event: dict[str, Any]) -> None:
         task_id = str(event["task_id"])

@@ -343,47 +343,59 @@ class Transport:
         )
         return ack.seq
 
-    async def next_message(self, stream: str, consumer: str, wait: float | None) -> Msg | None:
-        """One message from a pull consumer: at once (`wait` None) or within `wait` s."""
-        nc = self._nc()
-        request: dict[str, Any] = {"batch": 1}
-        if wait is None:
-            request["no_wait"] = True
-            timeout = 5.0
-        else:
-            request["expires"] = int(wait * 1e9)
-            timeout = wait + 5.0
+    async def next_messages(
+        self, stream: str, consumer: str, batch: int, wait: float | None
+    ) -> list[Msg]:
+        """Up to `batch` messages of a pull consumer: those waiting now, or, when there are
+        none and `wait` is given, the first to come within `wait` seconds."""
+        got = await self._pull(stream, consumer, {"batch": batch, "no_wait": True}, batch, 5.0)
+        if got or wait is None:
+            return got
+        request = {"batch": 1, "expires": int(wait * 1e9)}
+        return await self._pull(stream, consumer, request, 1, wait + 5.0)
+
+    async def _pull(
+        self, stream: str, consumer: str, request: dict[str, Any], batch: int, timeout: float
+    ) -> list[Msg]:
         # Not nc.request: a delivered message keeps its own subject, not the inbox's, so
         # the client's shared reply inbox could not match it; one inbox per pull instead.
+        nc = self._nc()
         inbox = nc.new_inbox()
-        sub = await nc.subscribe(inbox, max_msgs=1)
+        sub = await nc.subscribe(inbox)
+        got: list[Msg] = []
         try:
             await nc.publish(
                 f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}",
                 json.dumps(request).encode(),
                 reply=inbox,
             )
-            msg = await sub.next_msg(timeout=timeout)
+            while len(got) < batch:
+                msg = await sub.next_msg(timeout=timeout)
+                if _status(msg) is not None or not msg.reply:
+                    break  # 404 no (more) messages, 408 expired, 409 ...
+                got.append(msg)
+        except nats.errors.TimeoutError:
+            pass  # what came is ours; an unanswered pull just found nothing
         finally:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
-        if _status(msg) is not None or not msg.reply:
-            return None  # 404 no messages, 408 expired, 409 ...
-        return msg
+        return got
 
-    async def take_slot(self, agent: str, wait: float) -> Delivery | None:
-        msg = await self.next_message(f"{self.up}_SLOTS", self.slot_consumer(agent), wait)
-        return _delivery(msg) if msg is not None else None
+    async def take_slots(self, agent: str, n: int, wait: float) -> list[Delivery]:
+        """Up to `n` of the agent's fleet-wide slots (waiting `wait` s for a first one)."""
+        msgs = await self.next_messages(f"{self.up}_SLOTS", self.slot_consumer(agent), n, wait)
+        return [_delivery(m) for m in msgs]
 
-    async def take_task(self, agent: str) -> Delivery | None:
-        """The oldest task of the highest priority waiting for `agent`, if any."""
+    async def take_tasks(self, agent: str, n: int) -> list[Delivery]:
+        """Up to `n` tasks waiting for `agent`, highest priority first, oldest first."""
+        out: list[Delivery] = []
         for priority in PRIORITIES:
-            msg = await self.next_message(
-                self.dispatch_stream, self.dispatch_consumer(agent, priority), None
-            )
-            if msg is not None:
-                return _delivery(msg)
-        return None
+            consumer = self.dispatch_consumer(agent, priority)
+            msgs = await self.next_messages(self.dispatch_stream, consumer, n - len(out), None)
+            out += [_delivery(m) for m in msgs]
+            if len(out) >= n:
+                break
+        return out
 
     async def depth(self, agent: str) -> dict[str, int]:
         """Tasks waiting for `agent` by priority (not yet handed to a hub)."""
@@ -411,8 +423,9 @@ class Transport:
             headers={"Nats-Msg-Id": msg_id},
         )
 
-    async def next_event(self, wait: float) -> Msg | None:
-        return await self.next_message(f"{self.up}_EVENTS", f"{self.up}_events_{self.node}", wait)
+    async def next_events(self, batch: int, wait: float) -> list[Msg]:
+        consumer = f"{self.up}_events_{self.node}"
+        return await self.next_messages(f"{self.up}_EVENTS", consumer, batch, wait)
 
     async def mirror(self, body: bytes) -> None:
         await self._nc().publish(f"{self.prefix}.bus.{self.node}", body)

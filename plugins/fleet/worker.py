@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections import Counter
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -50,7 +51,7 @@ IDLE_POLL = 1.0  # seconds between looks at an empty queue (a dispatch nudges so
 class Held:
     """A delivery this hub runs: the task, its replies, its run."""
 
-    __slots__ = ("delivery", "run_id", "slot_reply", "task", "task_reply")
+    __slots__ = ("delivery", "finishing", "run_id", "slot_reply", "task", "task_reply")
 
     def __init__(self, task: FleetTask, delivery: int, task_reply: str, slot_reply: str) -> None:
         self.task = task
@@ -58,6 +59,7 @@ class Held:
         self.task_reply = task_reply
         self.slot_reply = slot_reply
         self.run_id: str | None = None
+        self.finishing = False
 
 
 class Worker:
@@ -68,6 +70,7 @@ class Worker:
         self.held: dict[tuple[str, int], Held] = {}
         self.by_run: dict[str, Held] = {}
         self.wake: dict[str, anyio.Event] = {a: anyio.Event() for a in fleet.agents}
+        self.starting: Counter[str] = Counter()  # taken, not yet answered by the runner
         self.ended_send, self.ended_recv = anyio.create_memory_object_stream[RunCompleted](math.inf)
 
     @property
@@ -137,23 +140,42 @@ class Worker:
         self.wake[agent] = anyio.Event()
 
     async def pull_once(self, agent: str) -> None:
-        free = await self.hub.bus.query(FreeSlots(agent=agent))
-        if not free:
+        """Take as many tasks as the runner has room for now (they start concurrently)."""
+        free = await self.hub.bus.query(FreeSlots(agent=agent)) - self.starting[agent]
+        if free <= 0:
             await self._idle(agent)
             return
-        task_msg = await self.t.take_task(agent)
-        if task_msg is None:
+        taken = await self.t.take_tasks(agent, free)
+        if not taken:
             await self._idle(agent)
             return
-        task = await self.check(task_msg)
-        if task is None:
-            return
-        slot = None
-        while slot is None:
-            slot = await self.t.take_slot(agent, wait=min(5.0, self.spec.ack_wait / 3))
-            if slot is None:
-                await self.t.reply(task_msg.reply, b"+WPI")  # still ours while we wait
-        await self.run(task, task_msg, slot)
+        tasks = [(msg, task) for msg in taken if (task := await self.check(msg)) is not None]
+        slots: list[Delivery] = []
+        while len(slots) < len(tasks):  # the fleet at its cap: wait, keeping the tasks ours
+            if slots or self.t.connected:
+                more = await self.t.take_slots(
+                    agent, len(tasks) - len(slots), min(5.0, self.spec.ack_wait / 3)
+                )
+                slots += more
+                if more:
+                    continue
+            for msg, _ in tasks[len(slots) :]:
+                await self.t.reply(msg.reply, b"+WPI")
+        for (msg, task), slot in zip(tasks, slots, strict=True):
+            self.starting[agent] += 1
+            self.hub.task_group.start_soon(self.start_one, agent, task, msg, slot)
+
+    async def start_one(self, agent: str, task: FleetTask, msg: Delivery, slot: Delivery) -> None:
+        try:
+            await self.run(task, msg, slot)
+        except Exception as e:  # NATS away, say: the delivery goes back after ack_wait
+            log.warning("fleet: starting task %s failed: %s", task.task_id, e)
+            held = self.held.get((task.task_id, msg.delivered))
+            if held is not None and held.run_id is None:
+                del self.held[(task.task_id, msg.delivered)]
+        finally:
+            self.starting[agent] -= 1
+            self.poke(agent)
 
     async def check(self, msg: Delivery) -> FleetTask | None:
         """The task in `msg`, or None after terminating a message that is not one."""
@@ -172,14 +194,22 @@ class Worker:
         if not await self.claim(task.task_id, n):
             await self.t.reply(slot.reply, b"-NAK")  # a newer delivery owns the task
             return
-        done, _ = await self.t.get(f"outcome.{task.task_id}")
-        if done is not None:  # it ended already; only its ack was lost
+        done = None
+        if n > 1:  # delivered again: it may have ended, only its ack lost
+            done, _ = await self.t.get(f"outcome.{task.task_id}")
+        if done is not None:
             await self.t.reply(msg.reply, b"+ACK")
             await self.t.reply(slot.reply, b"-NAK")
             return
         held = Held(task, n, msg.reply, slot.reply)
         self.held[(task.task_id, n)] = held
         await self.store_held(held)
+        await self.start_run(held)
+
+    async def start_run(self, held: Held) -> None:
+        """Hand the task to the runner under the key `fleet:<task>`: a second call (after
+        a restart) finds the run the first one made instead of starting another."""
+        task = held.task
         payload = task.model_dump(exclude={"task_id", "origin_node", "origin", "created_at"})
         payload["idempotency_key"] = f"fleet:{task.task_id}"
         ctx = Context(
@@ -197,21 +227,23 @@ class Worker:
         def note_run(tx: Any) -> None:
             tx.execute(
                 "UPDATE fleet_runs SET run_id = ? WHERE task_id = ? AND delivery = ?",
-                [result.run_id, task.task_id, n],
+                [result.run_id, task.task_id, held.delivery],
             )
 
         await self.hub.store.write(note_run, durable=False)
         if result.status == "running":
             await self.tell_started(held)
-        elif result.status not in ("queued",):
+        elif result.status != "queued":  # it ended before this hub stopped
             await self.finish(held, str(result.status), None, result.reason)
 
     async def claim(self, task_id: str, delivery: int) -> bool:
         """Raise the task's claim to `delivery`; False if a newer delivery holds it."""
         key = f"claim.{task_id}"
+        value = {"delivery": delivery, "node": self.fleet.node}
+        if await self.t.create(key, value):  # the usual case: the first claim
+            return True
         for _ in range(10):
             have, rev = await self.t.get(key)
-            value = {"delivery": delivery, "node": self.fleet.node}
             if have is None:
                 if await self.t.create(key, value):
                     return True
@@ -249,7 +281,14 @@ class Worker:
         await self.event(held, "started", "running", None, "")
 
     async def event(
-        self, held: Held, kind: str, status: str, exit_code: int | None, reason: str
+        self,
+        held: Held,
+        kind: str,
+        status: str,
+        exit_code: int | None,
+        reason: str,
+        *,
+        raise_errors: bool = False,
     ) -> None:
         task = held.task
         body = {
@@ -270,6 +309,8 @@ class Worker:
                 task.origin_node, body, f"{task.task_id}:{kind}:{held.delivery}"
             )
         except Exception as e:
+            if raise_errors:
+                raise
             log.warning("fleet: could not tell %s about task %s: %s", task.origin_node,
                         task.task_id, e)  # fmt: skip
 
@@ -277,46 +318,64 @@ class Worker:
     async def settle_loop(self) -> None:
         async for message in self.ended_recv:
             held = self.by_run.get(message.run_id)
-            if held is None:
-                continue
-            try:
-                await self.finish(held, message.status, message.exit_code, message.reason)
-            except Exception as e:
-                log.warning("fleet: settling task %s failed: %s", held.task.task_id, e)
+            if held is not None:
+                self.hub.task_group.start_soon(self.settle, held, message)
+
+    async def settle(self, held: Held, message: RunCompleted) -> None:
+        try:
+            await self.finish(held, message.status, message.exit_code, message.reason)
+        except Exception as e:
+            log.warning("fleet: settling task %s failed: %s", held.task.task_id, e)
 
     async def finish(self, held: Held, status: str, exit_code: int | None, reason: str) -> None:
+        """Settle a delivery whose run ended: fence, record, tell the origin, ack. NATS
+        steps are tried until they succeed (the delivery's in-progress acks go on
+        meanwhile); back after `ack_wait`, the claim shows the task went elsewhere."""
         task = held.task
-        n = held.delivery
-        if self.held.get((task.task_id, n)) is not held:
+        if held.finishing or self.held.get((task.task_id, held.delivery)) is not held:
             return  # settled already (its end and a restart's look can both arrive)
-        del self.held[(task.task_id, n)]
+        held.finishing = True
         if held.run_id is not None:
             self.by_run.pop(held.run_id, None)
-        claim, _ = await self.t.get(f"claim.{task.task_id}")
-        state = "ended"
-        if claim is not None and int(claim.get("delivery", 0)) > n:
-            state = "superseded"
-            late = {"status": status, "exit_code": exit_code, "node": self.fleet.node,
-                    "delivery": n, "superseded_by": claim.get("delivery")}  # fmt: skip
-            await self.t.put(f"late.{task.task_id}.{n}", late)
-            await self.fleet.audit("late", task.task_id, late)
-        else:
-            outcome = {"status": status, "exit_code": exit_code, "delivery": n,
-                       "node": self.fleet.node, "run_id": held.run_id, "reason": reason}  # fmt: skip
-            await self.t.create(f"outcome.{task.task_id}", outcome)
-            await self.event(held, "ended", status, exit_code, reason)
-            await self.t.reply(held.task_reply, b"+ACK")
-            await self.t.reply(held.slot_reply, b"-NAK")
-            await self.t.flush()
+        wait = 0.5
+        while True:
+            try:
+                state = await self.settle_on_nats(held, status, exit_code, reason)
+                break
+            except Exception as e:
+                log.debug("fleet: settling task %s waits for NATS: %s", task.task_id, e)
+                await anyio.sleep(wait)
+                wait = min(10.0, wait * 2)
+        self.held.pop((task.task_id, held.delivery), None)
 
         def mark(tx: Any) -> None:
             tx.execute(
                 "UPDATE fleet_runs SET state = ? WHERE task_id = ? AND delivery = ?",
-                [state, task.task_id, n],
+                [state, task.task_id, held.delivery],
             )
 
         await self.hub.store.write(mark, durable=False)
         self.poke(task.agent)
+
+    async def settle_on_nats(
+        self, held: Held, status: str, exit_code: int | None, reason: str
+    ) -> str:
+        task = held.task
+        n = held.delivery
+        claim, _ = await self.t.get(f"claim.{task.task_id}")
+        if claim is not None and int(claim.get("delivery", 0)) > n:
+            late = {"status": status, "exit_code": exit_code, "node": self.fleet.node,
+                    "delivery": n, "superseded_by": claim.get("delivery")}  # fmt: skip
+            await self.t.put(f"late.{task.task_id}.{n}", late)
+            await self.fleet.audit("late", task.task_id, late)
+            return "superseded"
+        outcome = {"status": status, "exit_code": exit_code, "delivery": n,
+                   "node": self.fleet.node, "run_id": held.run_id, "reason": reason}  # fmt: skip
+        await self.t.create(f"outcome.{task.task_id}", outcome)
+        await self.event(held, "ended", status, exit_code, reason, raise_errors=True)
+        await self.t.reply(held.task_reply, b"+ACK")
+        await self.t.reply(held.slot_reply, b"-NAK")
+        return "ended"
 
     # -- after a restart ---------------------------------------------------------------------
     async def resume(self) -> None:
@@ -335,8 +394,8 @@ class Worker:
             self.held[(task.task_id, held.delivery)] = held
             await self.t.reply(held.task_reply, b"+WPI")
             await self.t.reply(held.slot_reply, b"+WPI")
-            if held.run_id is None:
-                await self.finish(held, "failed", None, "the hub stopped while starting it")
+            if held.run_id is None:  # stopped while starting it: find or make its run
+                await self.start_run(held)
                 continue
             self.by_run[held.run_id] = held
             result = await self.hub.bus.perform("runner.status", {"run_id": held.run_id})
