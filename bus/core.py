@@ -443,6 +443,11 @@ class Bus:
             sub.offer(envelope)
         return envelope
 
+    def wants(self, topic: str) -> bool:
+        """Whether any subscription would receive a message of `topic` (so a plugin can
+        skip making messages nobody reads)."""
+        return any(s.matches(topic) for s in self._subs)
+
     def history(self, since: int = 0) -> Iterator[Envelope]:
         """Recent envelopes (the last 1,000) with a sequence number above `since`."""
         return (e for e in self._history if e.seq > since)

@@ -52,6 +52,12 @@ class FleetStatus(BaseModel):
         description="Tasks waiting on the fleet's queue, per agent and priority."
     )
     running_here: int = Field(description="Fleet tasks this hub runs now.")
+    following: bool = Field(
+        False, description="Someone here (fleetbus tail) reads the other hubs' messages."
+    )
+    mirroring: bool = Field(
+        False, description="This hub sends its run messages to a hub that follows the fleet."
+    )
 
 
 class FleetTaskInfo(BaseModel):

@@ -8,6 +8,12 @@ second end (a superseded delivery, a repeated event) changes nothing. Each is pu
 in a context carrying the dispatch's origin, so the MCP front end routes it to the
 session that called `fleet_dispatch`, as it does for local runs.
 
+The mirror costs every hub a message per run message of every other hub, so it runs only
+while someone follows: a hub with a local subscriber of `fleet.remote` (`fleetbus tail`)
+says so on `P.follow` at every heartbeat and listens to `P.bus.*`; hubs that heard a
+follower within three heartbeats send. A new follower sees the fleet's messages from the
+next heartbeat on (two seconds by default).
+
 Also here: dead letters (a task that reached `max_deliver` because the hubs holding it
 were lost; every hub hears the advisory, the first to write `dead.<task>` reports it) and
 the mirror of other hubs' run and task messages as `fleet.remote`, for `fleetbus tail`.
@@ -17,6 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -39,6 +46,8 @@ class Origin:
     def __init__(self, fleet: Fleet) -> None:
         self.fleet = fleet
         self.hub = fleet.hub
+        self.mirror_until = 0.0  # send run messages to the other hubs until then
+        self.mirror_sub: Any = None  # our subscription to theirs, while someone follows
 
     @property
     def t(self) -> Any:
@@ -51,7 +60,25 @@ class Origin:
 
     async def _subscribe(self) -> None:
         await self.t.on_dead_letter(self.dead_letter)
-        await self.t.on_mirror(self.remote)
+        await self.t.on_follow(self.followed)
+
+    @property
+    def mirroring(self) -> bool:
+        return time.monotonic() <= self.mirror_until
+
+    def followed(self) -> None:
+        self.mirror_until = time.monotonic() + 3 * self.fleet.spec.heartbeat_s
+
+    async def follow_tick(self) -> None:
+        """At each heartbeat: follow the other hubs while someone here reads their messages."""
+        following = self.hub.bus.wants(FleetRemote.topic)
+        if following:
+            await self.t.follow()
+            if self.mirror_sub is None:
+                self.mirror_sub = await self.t.on_mirror(self.remote)
+        elif self.mirror_sub is not None:
+            sub, self.mirror_sub = self.mirror_sub, None
+            await sub.unsubscribe()
 
     # -- events of our tasks -----------------------------------------------------------------
     async def events_loop(self) -> None:
@@ -166,7 +193,7 @@ class Origin:
     async def mirror(self, message: Message) -> None:
         """Send a local run or task message to the other hubs (subscriber)."""
         topic = message.topic
-        if not topic.startswith(MIRRORED) or not self.fleet.online:
+        if not self.mirroring or not topic.startswith(MIRRORED):
             return
         body = {"topic": topic, "data": message.model_dump(mode="json")}
         try:

@@ -237,6 +237,8 @@ class Fleet:
         while True:
             try:
                 await self.transport.heartbeat(self.heartbeat())
+                if self.origin is not None:
+                    await self.origin.follow_tick()
             except Exception as e:
                 log.debug("fleet heartbeat failed: %s", e)
             await anyio.sleep(self.spec.heartbeat_s)
@@ -268,6 +270,8 @@ class Fleet:
             lost=sorted(n.node for n in nodes if n.lost),
             depth=depth,
             running_here=self.worker.running if self.worker else 0,
+            following=self.origin is not None and self.origin.mirror_sub is not None,
+            mirroring=self.origin is not None and self.origin.mirroring,
         )
 
     async def audit(self, what: str, task_id: str | None, detail: Any) -> None:

@@ -103,6 +103,7 @@ class Transport:
         self.tasks_kv: KeyValue | None = None
         self.connected = False
         self.last_error = ""
+        self.inboxes: dict[str, tuple[anyio.Lock, Any]] = {}  # per pull consumer
 
     @property
     def where(self) -> str:
@@ -358,27 +359,30 @@ class Transport:
         self, stream: str, consumer: str, request: dict[str, Any], batch: int, timeout: float
     ) -> list[Msg]:
         # Not nc.request: a delivered message keeps its own subject, not the inbox's, so
-        # the client's shared reply inbox could not match it; one inbox per pull instead.
+        # the client's shared reply inbox could not match it. One inbox per consumer,
+        # kept, one pull at a time on it: a message that comes after its pull gave up
+        # waits there for the next pull instead of being lost until ack_wait.
         nc = self._nc()
-        inbox = nc.new_inbox()
-        sub = await nc.subscribe(inbox)
+        key = f"{stream}.{consumer}"
+        inbox = self.inboxes.get(key)
+        if inbox is None:
+            inbox = self.inboxes[key] = (anyio.Lock(), await nc.subscribe(nc.new_inbox()))
+        lock, sub = inbox
         got: list[Msg] = []
-        try:
+        async with lock:  # a late message is read first and counts in the batch
             await nc.publish(
                 f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}",
                 json.dumps(request).encode(),
-                reply=inbox,
+                reply=sub.subject,
             )
-            while len(got) < batch:
-                msg = await sub.next_msg(timeout=timeout)
-                if _status(msg) is not None or not msg.reply:
-                    break  # 404 no (more) messages, 408 expired, 409 ...
-                got.append(msg)
-        except nats.errors.TimeoutError:
-            pass  # what came is ours; an unanswered pull just found nothing
-        finally:
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
+            try:
+                while len(got) < batch:
+                    msg = await sub.next_msg(timeout=timeout)
+                    if _status(msg) is not None or not msg.reply:
+                        break  # 404 no (more) messages, 408 expired, 409 ...
+                    got.append(msg)
+            except nats.errors.TimeoutError:
+                pass  # what came is ours; an unanswered pull just found nothing
         return got
 
     async def take_slots(self, agent: str, n: int, wait: float) -> list[Delivery]:
@@ -416,12 +420,18 @@ class Transport:
         await self._nc().flush(timeout=5)
 
     # -- events ------------------------------------------------------------------------------
-    async def publish_event(self, node: str, event: dict[str, Any], msg_id: str) -> None:
-        await self._js().publish(
-            f"{self.prefix}.events.{node}",
-            json.dumps(event).encode(),
-            headers={"Nats-Msg-Id": msg_id},
-        )
+    async def publish_event(
+        self, node: str, event: dict[str, Any], msg_id: str, *, confirm: bool = True
+    ) -> None:
+        """Put an event on the events stream for `node`; `confirm`: wait until it is
+        stored (an end, before the task is acked), else send and go on (a start)."""
+        subject = f"{self.prefix}.events.{node}"
+        body = json.dumps(event).encode()
+        headers = {"Nats-Msg-Id": msg_id}
+        if confirm:
+            await self._js().publish(subject, body, headers=headers)
+        else:
+            await self._nc().publish(subject, body, headers=headers)
 
     async def next_events(self, batch: int, wait: float) -> list[Msg]:
         consumer = f"{self.up}_events_{self.node}"
@@ -430,13 +440,25 @@ class Transport:
     async def mirror(self, body: bytes) -> None:
         await self._nc().publish(f"{self.prefix}.bus.{self.node}", body)
 
-    async def on_mirror(self, handler: Callable[[str, bytes], Awaitable[None]]) -> None:
+    async def on_mirror(self, handler: Callable[[str, bytes], Awaitable[None]]) -> Any:
+        """Hear the other hubs' mirrored messages; the subscription (to unsubscribe)."""
+
         async def cb(msg: Msg) -> None:
             node = msg.subject.rsplit(".", 1)[-1]
             if node != self.node:
                 await handler(node, msg.data)
 
-        await self._nc().subscribe(f"{self.prefix}.bus.*", cb=cb)
+        return await self._nc().subscribe(f"{self.prefix}.bus.*", cb=cb)
+
+    async def follow(self) -> None:
+        """Ask every hub to mirror its messages for a while."""
+        await self._nc().publish(f"{self.prefix}.follow", self.node.encode())
+
+    async def on_follow(self, handler: Callable[[], None]) -> None:
+        async def cb(msg: Msg) -> None:
+            handler()
+
+        await self._nc().subscribe(f"{self.prefix}.follow", cb=cb)
 
     async def on_dead_letter(self, handler: Callable[[int], Awaitable[None]]) -> None:
         """Call `handler(stream_seq)` when a dispatch reaches max_deliver."""

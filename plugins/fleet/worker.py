@@ -306,7 +306,10 @@ class Worker:
         }
         try:
             await self.t.publish_event(
-                task.origin_node, body, f"{task.task_id}:{kind}:{held.delivery}"
+                task.origin_node,
+                body,
+                f"{task.task_id}:{kind}:{held.delivery}",
+                confirm=raise_errors,
             )
         except Exception as e:
             if raise_errors:

@@ -10,7 +10,9 @@ on hub C. Every wait is bounded; every process started is stopped.
 
 from __future__ import annotations
 
+import json
 import signal
+import subprocess
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,7 @@ from typing import Any
 import pytest
 
 from fleetbus.testing.fleet import FleetHubs, fleet_hubs
+from fleetbus.testing.hub import cli_command
 from fleetbus.testing.mcp_wire import CHANNEL_METHOD, serve
 
 pytestmark = pytest.mark.slow
@@ -169,6 +172,34 @@ def test_the_mcp_session_on_a_hears_runs_that_ran_on_c(tmp_path: Path) -> None:
             assert (meta["node"], meta["run_id"], meta["agent"]) == ("c", task_id, "fake")
             assert meta["node_run_id"] == fleet.runs("c")[0]["run_id"]
             assert "fake on c finished mcp/c: completed, exit 0" in event["params"]["content"]
+
+
+def test_tail_on_one_hub_follows_the_whole_fleet(tmp_path: Path) -> None:
+    with fleet_hubs(tmp_path, ack_wait=5, heartbeat_s=0.3) as fleet:
+        fleet.start("a", **ORIGIN_ONLY)
+        fleet.start("c", lanes=1)
+        assert fleet.call("c", "fleet.status")["mirroring"] is False  # nobody follows yet
+        argv = cli_command("tail", "--topic", "fleet.remote", "--json", "--max", "2")
+        with subprocess.Popen(
+            argv, env=fleet.envs["a"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL, text=True,
+        ) as tail:  # fmt: skip
+            try:
+                fleet.wait("a", lambda s: s["following"], "following")
+                fleet.wait("c", lambda s: s["mirroring"], "mirroring")
+                task = dispatch(fleet, "a", "tail/w0", "echo hi")
+                out, err = tail.communicate(timeout=60)
+            finally:
+                if tail.poll() is None:
+                    tail.kill()
+        lines = [json.loads(line) for line in out.splitlines()]
+        assert [m["topic"] for m in lines] == ["fleet.remote", "fleet.remote"], (out, err)
+        assert {m["data"]["node"] for m in lines} == {"c"}
+        topics = [m["data"]["remote_topic"] for m in lines]
+        assert topics == ["runner.run_started", "runner.run_completed"], topics
+        assert lines[1]["data"]["data"]["workspace"] == "tail/w0"
+        wait_ended(fleet, "a", [task])
+        fleet.wait("a", lambda s: not s["following"], "no longer following")
 
 
 def test_a_hub_killed_mid_run_has_its_work_finished_elsewhere(tmp_path: Path) -> None:
