@@ -16,6 +16,7 @@ from fleetbus.bus.actions import ActionRegistrar
 from fleetbus.bus.hub import Hub
 from fleetbus.bus.store import MigrationsRegistrar
 from fleetbus.bus.subscribers import SubscriberRegistrar
+from fleetbus.plugins.agentic.models import DispatchTask
 from fleetbus.plugins.runner.models import DispatchInput
 
 from .config import FLEET
@@ -66,6 +67,17 @@ def register_actions(register: ActionRegistrar, hub: Hub) -> None:
         """
         return await fleet_of(hub).dispatch(req, ctx)
 
+    @register("fleet.dispatch_task", exposed=True)
+    async def dispatch_task(req: DispatchTask, ctx: Context) -> FleetDispatchResult:
+        """Put an agentic task (a repository, labels, retries) on the fleet's queue.
+
+        A repository URL may run on any hub of the fleet (it clones it); a local path only
+        on this hub, the one machine that has it (the answer says so). The hub that takes
+        it runs agentic.dispatch there; its start and end arrive here as channel events.
+        Refused when no hub of the fleet has an agent with the labels.
+        """
+        return await fleet_of(hub).dispatch_task(req, ctx)
+
     @register("fleet.status", exposed=True, mutating=False)
     async def status() -> FleetStatus:
         """The fleet's nodes (lanes, running, queued, last heartbeat), the lost ones, the
@@ -90,7 +102,7 @@ def register_subscribers(subscribe: SubscriberRegistrar, hub: Hub) -> None:
     if not hub.config[FLEET].url:
         return  # a hub alone pays nothing for fleet mode
 
-    @subscribe("runner.run_started", "runner.run_completed", buffer=4096)
+    @subscribe("runner.run_started", "runner.run_completed", "agentic.task_ended", buffer=4096)
     async def on_run(message: Message) -> None:
         worker = fleet_of(hub).worker
         if worker is not None:

@@ -2,25 +2,66 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+import json
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from fleetbus.bus import Message
+from fleetbus.plugins.agentic.models import DispatchTask
 from fleetbus.plugins.runner.models import DispatchInput
 
 TERMINAL = frozenset({"completed", "failed", "blocked", "cancelled", "timeout", "dead_lettered"})
 
 
 class FleetTask(DispatchInput):
-    """A dispatch as it travels on the queue: the runner's input plus where it came from."""
+    """A run as it travels on the queue: the runner's input plus where it came from."""
 
     model_config = ConfigDict(extra="forbid")
 
+    kind: Literal["run"] = "run"
     task_id: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
     origin_node: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
     origin: dict[str, str] = Field(default_factory=dict)
     created_at: float
+
+    @property
+    def agent_name(self) -> str:
+        return self.agent
+
+
+class FleetAgenticTask(BaseModel):
+    """An agentic task (a repository, labels, retries) as it travels on the queue; the hub
+    that takes it runs `agentic.dispatch` (which picks its agent)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["task"]
+    request: DispatchTask
+    lane: str = Field(pattern=r"^tasks-(any|at-[A-Za-z0-9_-]{1,64})$")
+    task_id: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    origin_node: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    origin: dict[str, str] = Field(default_factory=dict)
+    created_at: float
+
+    @property
+    def agent_name(self) -> str:
+        return self.request.agent or ""
+
+    @property
+    def priority(self) -> str:
+        return self.request.priority
+
+
+AnyTask = FleetTask | FleetAgenticTask
+
+
+def parse_task(data: bytes | str) -> AnyTask:
+    """The task in a queue message; ValueError (pydantic's, or JSON's) when it is not one."""
+    raw = json.loads(data)
+    if isinstance(raw, dict) and raw.get("kind") == "task":
+        return FleetAgenticTask.model_validate(raw)
+    return FleetTask.model_validate(raw)
 
 
 class FleetDispatchResult(BaseModel):
@@ -33,6 +74,9 @@ class NodeInfo(BaseModel):
     node: str
     version: str
     agents: list[str]
+    capabilities: dict[str, list[str]] = Field(
+        default_factory=dict, description="Each agent's capabilities (for routing by labels)."
+    )
     lanes: dict[str, str] = Field(description="Running/limit per lane, as `2/4`.")
     running: int
     queued: int

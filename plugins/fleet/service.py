@@ -19,16 +19,21 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from fleetbus.bus import Context, Refused
+from fleetbus.bus import Context, InvalidInput, Refused
 from fleetbus.bus.context import new_id
 from fleetbus.bus.hub import Hub
 from fleetbus.bus.version import version
+from fleetbus.plugins.agentic.config import AGENTIC
+from fleetbus.plugins.agentic.models import DispatchTask
+from fleetbus.plugins.agentic.router import NoAgent, Registry, route
 from fleetbus.plugins.runner.config import AGENTS
 from fleetbus.plugins.runner.models import DispatchInput
 
 from .config import FLEET, token_of
 from .models import (
+    AnyTask,
     AuditRecord,
+    FleetAgenticTask,
     FleetDispatchResult,
     FleetRecords,
     FleetStatus,
@@ -47,6 +52,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("fleetbus.fleet")
 
+ANY_TASKS = "tasks-any"  # the lane of agentic tasks on a repository URL: any hub takes them
+TASK_SLOT = "_tasks"  # agentic tasks' fleet-wide slots (cap: fleet.caps["tasks"])
 IDLE = "fleet mode is off: no fleet.url is configured (this hub runs alone)"
 NO_NATS = "fleet.url is set but nats-py is not installed: pip install 'fleetbus[fleet]'"
 MIN_RETRY, MAX_RETRY = 1.0, 30.0
@@ -61,6 +68,13 @@ class Fleet:
         configured_agents: list[str] = list(agents)
         wanted = self.spec.agents if self.spec.agents is not None else configured_agents
         self.agents = [token_of(a) for a in wanted if a in configured_agents]
+        # lane -> slot: an agent's runs (its own slots), and agentic tasks (shared slots):
+        # those any hub may take (a repository URL) and those only this one may (a path here)
+        self.lanes: dict[str, str] = {a: a for a in self.agents}
+        self.has_agentic = AGENTIC in hub.config
+        if self.agents and self.has_agentic:
+            self.lanes[ANY_TASKS] = self.lanes[self.local_tasks] = TASK_SLOT
+        self.registry = Registry(ttl=3 * self.spec.heartbeat_s)
         self.transport: Transport | None = None
         self.worker: Worker | None = None
         self.origin: Origin | None = None
@@ -113,9 +127,9 @@ class Fleet:
             try:
                 if self.transport.nc is None:
                     await self.transport.connect(self.hub.env.get(self.spec.credentials_env))
-                caps = {a: self.spec.cap(a) for a in self.agents}
+                caps = {slot: self.spec.cap(slot) for slot in set(self.lanes.values())}
                 await self.transport.setup(
-                    self.agents, caps, self.spec.ack_wait, self.spec.max_deliver
+                    self.lanes, caps, self.spec.ack_wait, self.spec.max_deliver
                 )
                 break
             except FleetError as e:
@@ -127,6 +141,9 @@ class Fleet:
                     wait = MAX_RETRY
             await anyio.sleep(wait)
             wait = min(MAX_RETRY, wait * 2)
+        with anyio.move_on_after(5):  # the registry before the first dispatch
+            await self.transport.heartbeat(self.heartbeat())
+            await self.refresh_registry()
         self.note = (
             f"in the fleet as {self.node}, taking work for {', '.join(self.agents) or 'no agent'}"
         )
@@ -138,25 +155,50 @@ class Fleet:
         self.origin.start(tg)
         tg.start_soon(self.heartbeat_loop, name="fleet heartbeat")
 
+    @property
+    def local_tasks(self) -> str:
+        """The lane of agentic tasks on a repository of this machine."""
+        return f"tasks-at-{self.node}"
+
+    def lanes_of(self, agent: str) -> list[str]:
+        """The lanes a run of `agent` ending here frees room in."""
+        if agent not in self.lanes:
+            return []
+        return [agent] + [lane for lane, slot in self.lanes.items() if slot == TASK_SLOT]
+
+    def lane_of(self, task: AnyTask) -> str:
+        if isinstance(task, FleetTask):
+            return token_of(task.agent)
+        return task.lane
+
     # -- dispatch ----------------------------------------------------------------------------
-    async def dispatch(self, req: DispatchInput, ctx: Context) -> FleetDispatchResult:
+    def _check_online(self) -> Transport:
         if not self.configured:
             raise Refused(f"{IDLE}; use runner.dispatch to run on this hub")
         t = self.transport
         if t is None or not self.online:
             raise Refused(f"the fleet is not reachable now ({self.note}); use runner.dispatch "
                           "to run on this hub, or try again")  # fmt: skip
-        agent = token_of(req.agent)
-        if req.idempotency_key:
-            digest = hashlib.sha256(req.idempotency_key.encode()).hexdigest()[:24]
-            task_id = f"k{digest}"
-            known = await self.task_row(task_id)
-            if known is not None:
-                return FleetDispatchResult(
-                    task_id=task_id, status=known["status"], reason="already dispatched"
-                )
-        else:
-            task_id = new_id()
+        return t
+
+    async def _task_id(self, key: str | None) -> tuple[str, FleetDispatchResult | None]:
+        """A new task id, or the id an idempotency key gives and, if it was dispatched
+        already, its answer."""
+        if not key:
+            return new_id(), None
+        task_id = f"k{hashlib.sha256(key.encode()).hexdigest()[:24]}"
+        known = await self.task_row(task_id)
+        if known is None:
+            return task_id, None
+        return task_id, FleetDispatchResult(
+            task_id=task_id, status=known["status"], reason="already dispatched"
+        )
+
+    async def dispatch(self, req: DispatchInput, ctx: Context) -> FleetDispatchResult:
+        t = self._check_online()
+        task_id, known = await self._task_id(req.idempotency_key)
+        if known is not None:
+            return known
         task = FleetTask(
             **req.model_dump(),
             task_id=task_id,
@@ -164,11 +206,74 @@ class Fleet:
             origin=dict(ctx.origin),
             created_at=self.hub.wall_clock(),
         )
+        lane = token_of(req.agent)
+        await self.send(t, task, lane, req.agent, req.workspace, req.priority)
+        reason = "on the fleet's queue"
+        if lane not in self.lanes:
+            reason += f"; this hub does not run {req.agent}: another hub must take it"
+        return FleetDispatchResult(task_id=task_id, status="queued", reason=reason)
+
+    async def dispatch_task(self, req: DispatchTask, ctx: Context) -> FleetDispatchResult:
+        """An agentic task on the fleet's queue: a repository URL goes to any hub; a local
+        path only to this one (the only machine that has it)."""
+        from fleetbus.plugins.agentic.git import GitError, source_of
+
+        t = self._check_online()
+        try:
+            source = await anyio.to_thread.run_sync(source_of, req.repo)
+        except GitError as e:
+            raise InvalidInput(f"fleet.dispatch_task: repo: {e}") from None
+        with anyio.move_on_after(2):  # the nodes' latest heartbeats: agents come and go
+            await self.refresh_registry()
+        self.check_labels(req.labels, req.agent)
+        task_id, known = await self._task_id(req.idempotency_key)
+        if known is not None:
+            return known
+        if source.kind == "local":
+            lane = self.local_tasks
+            request = req.model_copy(update={"repo": source.location})
+            reason = (f"on the fleet's queue for {self.node}: {source.location} is a path on "
+                      "this machine, so only this hub can run it")  # fmt: skip
+            if lane not in self.lanes:
+                reason += "; this hub runs no agents (fleet.agents), so it waits until it does"
+        else:
+            lane, request, reason = ANY_TASKS, req, "on the fleet's queue: any hub may take it"
+        task = FleetAgenticTask(
+            kind="task",
+            request=request,
+            lane=lane,
+            task_id=task_id,
+            origin_node=self.node,
+            origin=dict(ctx.origin),
+            created_at=self.hub.wall_clock(),
+        )
+        await self.send(t, task, lane, req.agent or "", request.repo, req.priority)
+        return FleetDispatchResult(task_id=task_id, status="queued", reason=reason)
+
+    def check_labels(self, labels: list[str], agent: str | None) -> None:
+        """Refuse a task no agent of the fleet (the nodes' heartbeats) could take."""
+        now = time.time()
+        candidates = self.registry.list(now)
+        if not candidates:
+            return  # no hub with agents in the fleet now: the task waits for one
+        if agent:
+            candidates = [c for c in candidates if c.name.split("@", 1)[0] == agent]
+            if not candidates:
+                raise Refused(f"no hub of the fleet runs the agent {agent!r}")
+        try:
+            route(labels, candidates, critical=False)
+        except NoAgent as e:
+            if e.never:
+                raise Refused(f"no hub of the fleet can take it: {e}") from None
+
+    async def send(
+        self, t: Transport, task: AnyTask, lane: str, agent: str, workspace: str, priority: str
+    ) -> None:
         row = {
-            "task_id": task_id,
-            "agent": req.agent,
-            "workspace": req.workspace,
-            "priority": req.priority,
+            "task_id": task.task_id,
+            "agent": agent,
+            "workspace": workspace,
+            "priority": priority,
             "status": "queued",
             "created_at": task.created_at,
         }
@@ -182,13 +287,9 @@ class Fleet:
             )
 
         await self.hub.store.write(insert)
-        await t.publish_task(agent, req.priority, task_id, task.model_dump_json().encode())
+        await t.publish_task(lane, priority, task.task_id, task.model_dump_json().encode())
         assert self.worker is not None
-        await self.worker.nudge(agent)
-        reason = "on the fleet's queue"
-        if agent not in self.agents:
-            reason += f"; this hub does not run {req.agent}: another hub must take it"
-        return FleetDispatchResult(task_id=task_id, status="queued", reason=reason)
+        await self.worker.nudge(lane)
 
     async def task_row(self, task_id: str) -> dict[str, Any] | None:
         def read(db: Any) -> dict[str, Any] | None:
@@ -221,10 +322,17 @@ class Fleet:
         state = runner_of(self.hub).state
         lanes = {k: f"{n}/{limit if limit is not None else '-'}" for k, (n, limit)
                  in state.lanes.info().items()}  # fmt: skip
+        capabilities: dict[str, list[str]] = {}
+        if self.has_agentic:
+            from fleetbus.plugins.agentic import agentic_of
+
+            capabilities = {c.name: sorted(c.capabilities) for c in
+                            agentic_of(self.hub).candidates() if c.name in self.agents}  # fmt: skip
         return {
             "node": self.node,
             "version": version(),
             "agents": self.agents,
+            "capabilities": capabilities,
             "lanes": lanes,
             "running": state.lanes.running_total,
             "queued": state.queued_total,
@@ -239,9 +347,30 @@ class Fleet:
                 await self.transport.heartbeat(self.heartbeat())
                 if self.origin is not None:
                     await self.origin.follow_tick()
+                await self.refresh_registry()
             except Exception as e:
                 log.debug("fleet heartbeat failed: %s", e)
             await anyio.sleep(self.spec.heartbeat_s)
+
+    async def refresh_registry(self) -> None:
+        """The agents of every live node, as the agentic router's remote registry (agent
+        `name@node`, its capabilities, its load): registered on first sight, heartbeated
+        after, forgotten (reaped) once silent for three heartbeats."""
+        assert self.transport is not None
+        now = time.time()
+        for node in await self.transport.nodes():
+            if now - float(node.get("last_seen", 0)) > self.registry.ttl:
+                continue
+            lanes = node.get("lanes") or {}
+            for agent, caps in (node.get("capabilities") or {}).items():
+                name = f"{agent}@{node['node']}"
+                running, _, limit = str(lanes.get(agent, "0/1")).partition("/")
+                load = int(running) if running.isdigit() else 0
+                max_load = int(limit) if limit.isdigit() else 1
+                if not self.registry.heartbeat(name, load, now):
+                    self.registry.register(name, caps, max_load, now)
+                    self.registry.heartbeat(name, load, now)
+        self.registry.reap(now)
 
     async def status(self) -> FleetStatus:
         nodes: list[NodeInfo] = []
@@ -256,8 +385,8 @@ class Fleet:
                         nodes.append(NodeInfo(**raw))
                     except ValueError:
                         continue
-                for agent in self.agents:
-                    depth[agent] = await t.depth(agent)
+                for lane in self.lanes:
+                    depth[lane] = await t.depth(lane)
         note = self.note
         if t is not None and self.connected.is_set() and not t.connected:
             note = f"local mode: {t.last_error or 'disconnected'}; reconnecting"

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -199,36 +199,39 @@ class Transport:
 
     # -- setting up --------------------------------------------------------------------------
     async def setup(
-        self, agents: Sequence[str], caps: dict[str, int], ack_wait: float, max_deliver: int
-    ) -> None:
-        """Make (or check) the streams, consumers and buckets; FleetError names a setting
-        that differs from what another hub or version made."""
-        js = self._js()
+        self, lanes: Mapping[str, str], caps: Mapping[str, int], ack_wait: float,
+        max_deliver: int,
+    ) -> None:  # fmt: skip
+        """Make (or check) the streams, consumers and buckets: a dispatch consumer per lane
+        (an agent, or a lane of agentic tasks) and priority, a slot consumer per slot
+        (`lanes` maps a lane to its slot, `caps` a slot to its fleet-wide cap). FleetError
+        names a setting that differs from what another hub or version made."""
         try:
             await self._stream(f"{self.up}_DISPATCH", f"{self.prefix}.dispatch.>", "workqueue")
             await self._stream(f"{self.up}_SLOTS", f"{self.prefix}.slot.>", "workqueue")
             await self._stream(
                 f"{self.up}_EVENTS", f"{self.prefix}.events.>", "limits", EVENTS_MAX_AGE
             )
-            for agent in agents:
+            for lane in lanes:
                 for priority in PRIORITIES:
                     await self._consumer(
                         self.dispatch_stream,
-                        self.dispatch_consumer(agent, priority),
-                        self.dispatch_subject(agent, priority),
+                        self.dispatch_consumer(lane, priority),
+                        self.dispatch_subject(lane, priority),
                         ack_wait=ack_wait,
                         max_deliver=max_deliver,
                         max_ack_pending=-1,
                     )
+            for slot in sorted(set(lanes.values())):
                 await self._consumer(
                     f"{self.up}_SLOTS",
-                    self.slot_consumer(agent),
-                    f"{self.prefix}.slot.{agent}",
+                    self.slot_consumer(slot),
+                    f"{self.prefix}.slot.{slot}",
                     ack_wait=ack_wait,
                     max_deliver=-1,
-                    max_ack_pending=caps[agent],
+                    max_ack_pending=caps[slot],
                 )
-                await self._fill_slots(agent, caps[agent])
+                await self._fill_slots(slot, caps[slot])
             await self._consumer(
                 f"{self.up}_EVENTS",
                 f"{self.up}_events_{self.node}",
@@ -243,7 +246,6 @@ class Transport:
             raise
         except Exception as e:
             raise FleetError(f"setting up the fleet's streams failed: {describe(e)}") from None
-        del js
 
     async def _stream(
         self, name: str, subject: str, retention: str, max_age: float | None = None
@@ -385,29 +387,29 @@ class Transport:
                 pass  # what came is ours; an unanswered pull just found nothing
         return got
 
-    async def take_slots(self, agent: str, n: int, wait: float) -> list[Delivery]:
-        """Up to `n` of the agent's fleet-wide slots (waiting `wait` s for a first one)."""
-        msgs = await self.next_messages(f"{self.up}_SLOTS", self.slot_consumer(agent), n, wait)
+    async def take_slots(self, slot: str, n: int, wait: float) -> list[Delivery]:
+        """Up to `n` fleet-wide slots of `slot` (waiting `wait` s for a first one)."""
+        msgs = await self.next_messages(f"{self.up}_SLOTS", self.slot_consumer(slot), n, wait)
         return [_delivery(m) for m in msgs]
 
-    async def take_tasks(self, agent: str, n: int) -> list[Delivery]:
-        """Up to `n` tasks waiting for `agent`, highest priority first, oldest first."""
+    async def take_tasks(self, lane: str, n: int) -> list[Delivery]:
+        """Up to `n` tasks waiting in `lane`, highest priority first, oldest first."""
         out: list[Delivery] = []
         for priority in PRIORITIES:
-            consumer = self.dispatch_consumer(agent, priority)
+            consumer = self.dispatch_consumer(lane, priority)
             msgs = await self.next_messages(self.dispatch_stream, consumer, n - len(out), None)
             out += [_delivery(m) for m in msgs]
             if len(out) >= n:
                 break
         return out
 
-    async def depth(self, agent: str) -> dict[str, int]:
-        """Tasks waiting for `agent` by priority (not yet handed to a hub)."""
+    async def depth(self, lane: str) -> dict[str, int]:
+        """Tasks waiting in `lane` by priority (not yet handed to a hub)."""
         js = self._js()
         out: dict[str, int] = {}
         for priority in PRIORITIES:
             info = await js.consumer_info(
-                self.dispatch_stream, self.dispatch_consumer(agent, priority)
+                self.dispatch_stream, self.dispatch_consumer(lane, priority)
             )
             out[priority] = int(info.num_pending or 0)
         return out

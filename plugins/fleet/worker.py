@@ -35,9 +35,10 @@ from pydantic import ValidationError
 
 from fleetbus.bus import Context, Message
 from fleetbus.bus.errors import BusError
+from fleetbus.plugins.agentic.models import TaskEnded
 from fleetbus.plugins.runner.models import FreeSlots, RunCompleted, RunStarted
 
-from .models import FleetTask
+from .models import AnyTask, FleetTask, parse_task
 from .transport import Delivery, FleetError
 
 if TYPE_CHECKING:
@@ -49,17 +50,33 @@ IDLE_POLL = 1.0  # seconds between looks at an empty queue (a dispatch nudges so
 
 
 class Held:
-    """A delivery this hub runs: the task, its replies, its run."""
+    """A delivery this hub runs: the task, its replies, and its local id (the runner's run,
+    or the agentic service's task)."""
 
-    __slots__ = ("delivery", "finishing", "run_id", "slot_reply", "task", "task_reply")
+    __slots__ = (
+        "agent", "delivery", "finishing", "lane", "run_id", "slot_reply", "task",
+        "task_reply", "workspace",
+    )  # fmt: skip
 
-    def __init__(self, task: FleetTask, delivery: int, task_reply: str, slot_reply: str) -> None:
+    def __init__(
+        self, task: AnyTask, lane: str, delivery: int, task_reply: str, slot_reply: str
+    ) -> None:
         self.task = task
+        self.lane = lane
         self.delivery = delivery
         self.task_reply = task_reply
         self.slot_reply = slot_reply
         self.run_id: str | None = None
         self.finishing = False
+        self.agent = task.agent_name
+        self.workspace = task.workspace if isinstance(task, FleetTask) else task.request.repo
+
+    @property
+    def local_key(self) -> str | None:
+        """The key of its run (`run:<id>`) or agentic task (`task:<id>`) in `by_run`."""
+        if self.run_id is None:
+            return None
+        return f"{self.task.kind}:{self.run_id}"
 
 
 class Worker:
@@ -69,9 +86,11 @@ class Worker:
         self.spec = fleet.spec
         self.held: dict[tuple[str, int], Held] = {}
         self.by_run: dict[str, Held] = {}
-        self.wake: dict[str, anyio.Event] = {a: anyio.Event() for a in fleet.agents}
+        self.wake: dict[str, anyio.Event] = {lane: anyio.Event() for lane in fleet.lanes}
         self.starting: Counter[str] = Counter()  # taken, not yet answered by the runner
-        self.ended_send, self.ended_recv = anyio.create_memory_object_stream[RunCompleted](math.inf)
+        self.ended_send, self.ended_recv = anyio.create_memory_object_stream[
+            tuple[str, str, int | None, str]
+        ](math.inf)
 
     @property
     def t(self) -> Any:
@@ -83,8 +102,8 @@ class Worker:
         return len(self.held)
 
     def start(self, tg: anyio.abc.TaskGroup) -> None:
-        for agent in self.fleet.agents:
-            tg.start_soon(self.pull_loop, agent, name=f"fleet pull {agent}")
+        for lane in self.fleet.lanes:
+            tg.start_soon(self.pull_loop, lane, name=f"fleet pull {lane}")
         tg.start_soon(self.keep_alive, name="fleet in-progress acks")
         tg.start_soon(self.settle_loop, name="fleet settle")
         tg.start_soon(self._listen_nudges, name="fleet nudges")
@@ -110,13 +129,21 @@ class Worker:
 
     # -- messages from the local bus ---------------------------------------------------------
     def on_message(self, message: Message) -> None:
-        """A local run started or ended (subscriber): settle ours, look for more work."""
+        """A local run started or ended, or an agentic task ended (subscriber): settle
+        ours, look for more work."""
         if isinstance(message, RunCompleted):
-            if message.run_id in self.by_run:
-                self.ended_send.send_nowait(message)
-            self.poke(message.agent)
-        elif isinstance(message, RunStarted) and message.run_id in self.by_run:
-            held = self.by_run[message.run_id]
+            key = f"run:{message.run_id}"
+            if key in self.by_run:
+                end = (key, message.status, message.exit_code, message.reason)
+                self.ended_send.send_nowait(end)
+            for lane in self.fleet.lanes_of(message.agent):
+                self.poke(lane)
+        elif isinstance(message, TaskEnded):
+            key = f"task:{message.task_id}"
+            if key in self.by_run:
+                self.ended_send.send_nowait((key, message.status, None, message.reason))
+        elif isinstance(message, RunStarted) and f"run:{message.run_id}" in self.by_run:
+            held = self.by_run[f"run:{message.run_id}"]
             self.hub.task_group.start_soon(self.tell_started, held)
 
     # -- taking work -------------------------------------------------------------------------
@@ -139,22 +166,32 @@ class Worker:
             await self.wake[agent].wait()
         self.wake[agent] = anyio.Event()
 
-    async def pull_once(self, agent: str) -> None:
+    async def free(self, lane: str) -> int:
+        """Tasks of `lane` this hub could start now: the runner's free slots for the
+        agent (an agentic lane: for the freest agent), less those being started."""
+        agents = [lane] if lane in self.fleet.agents else self.fleet.agents
+        free = 0
+        for agent in agents:
+            free = max(free, await self.hub.bus.query(FreeSlots(agent=agent)))
+        return int(free) - self.starting[lane]
+
+    async def pull_once(self, lane: str) -> None:
         """Take as many tasks as the runner has room for now (they start concurrently)."""
-        free = await self.hub.bus.query(FreeSlots(agent=agent)) - self.starting[agent]
+        free = await self.free(lane)
         if free <= 0:
-            await self._idle(agent)
+            await self._idle(lane)
             return
-        taken = await self.t.take_tasks(agent, free)
+        taken = await self.t.take_tasks(lane, free)
         if not taken:
-            await self._idle(agent)
+            await self._idle(lane)
             return
         tasks = [(msg, task) for msg in taken if (task := await self.check(msg)) is not None]
         slots: list[Delivery] = []
+        slot_name = self.fleet.lanes[lane]
         while len(slots) < len(tasks):  # the fleet at its cap: wait, keeping the tasks ours
             if slots or self.t.connected:
                 more = await self.t.take_slots(
-                    agent, len(tasks) - len(slots), min(5.0, self.spec.ack_wait / 3)
+                    slot_name, len(tasks) - len(slots), min(5.0, self.spec.ack_wait / 3)
                 )
                 slots += more
                 if more:
@@ -162,25 +199,25 @@ class Worker:
             for msg, _ in tasks[len(slots) :]:
                 await self.t.reply(msg.reply, b"+WPI")
         for (msg, task), slot in zip(tasks, slots, strict=True):
-            self.starting[agent] += 1
-            self.hub.task_group.start_soon(self.start_one, agent, task, msg, slot)
+            self.starting[lane] += 1
+            self.hub.task_group.start_soon(self.start_one, lane, task, msg, slot)
 
-    async def start_one(self, agent: str, task: FleetTask, msg: Delivery, slot: Delivery) -> None:
+    async def start_one(self, lane: str, task: AnyTask, msg: Delivery, slot: Delivery) -> None:
         try:
-            await self.run(task, msg, slot)
+            await self.run(task, lane, msg, slot)
         except Exception as e:  # NATS away, say: the delivery goes back after ack_wait
             log.warning("fleet: starting task %s failed: %s", task.task_id, e)
             held = self.held.get((task.task_id, msg.delivered))
             if held is not None and held.run_id is None:
                 del self.held[(task.task_id, msg.delivered)]
         finally:
-            self.starting[agent] -= 1
-            self.poke(agent)
+            self.starting[lane] -= 1
+            self.poke(lane)
 
-    async def check(self, msg: Delivery) -> FleetTask | None:
+    async def check(self, msg: Delivery) -> AnyTask | None:
         """The task in `msg`, or None after terminating a message that is not one."""
         try:
-            return FleetTask.model_validate_json(msg.data)
+            return parse_task(msg.data)
         except (ValidationError, ValueError) as e:
             await self.t.reply(msg.reply, b"+TERM")
             detail = {"subject": msg.subject, "seq": msg.stream_seq, "error": str(e)[:500]}
@@ -189,7 +226,7 @@ class Worker:
                         msg.subject)  # fmt: skip
             return None
 
-    async def run(self, task: FleetTask, msg: Delivery, slot: Delivery) -> None:
+    async def run(self, task: AnyTask, lane: str, msg: Delivery, slot: Delivery) -> None:
         n = msg.delivered
         if not await self.claim(task.task_id, n):
             await self.t.reply(slot.reply, b"-NAK")  # a newer delivery owns the task
@@ -201,28 +238,41 @@ class Worker:
             await self.t.reply(msg.reply, b"+ACK")
             await self.t.reply(slot.reply, b"-NAK")
             return
-        held = Held(task, n, msg.reply, slot.reply)
+        held = Held(task, lane, n, msg.reply, slot.reply)
         self.held[(task.task_id, n)] = held
         await self.store_held(held)
         await self.start_run(held)
 
     async def start_run(self, held: Held) -> None:
-        """Hand the task to the runner under the key `fleet:<task>`: a second call (after
-        a restart) finds the run the first one made instead of starting another."""
+        """Hand the task to the runner (or, an agentic task, to `agentic.dispatch`) under
+        the key `fleet:<task>`: a second call (after a restart) finds the run or task the
+        first one made instead of starting another."""
         task = held.task
-        payload = task.model_dump(exclude={"task_id", "origin_node", "origin", "created_at"})
-        payload["idempotency_key"] = f"fleet:{task.task_id}"
         ctx = Context(
             caller="fleet",
             origin={"mcp_session": f"fleet:{task.task_id}", "fleet_task": task.task_id},
         )
+        if isinstance(task, FleetTask):
+            action = "runner.dispatch"
+            payload = task.model_dump(
+                exclude={"kind", "task_id", "origin_node", "origin", "created_at"}
+            )
+        else:
+            action = "agentic.dispatch"
+            payload = task.request.model_dump()
+        payload["idempotency_key"] = f"fleet:{task.task_id}"
         try:
-            result = await self.hub.bus.perform("runner.dispatch", payload, context=ctx)
+            result = await self.hub.bus.perform(action, payload, context=ctx)
         except BusError as e:
             await self.finish(held, "failed", None, f"refused on {self.fleet.node}: {e}")
             return
-        held.run_id = result.run_id
-        self.by_run[result.run_id] = held
+        if isinstance(task, FleetTask):
+            held.run_id = result.run_id
+        else:
+            held.run_id = result.task_id
+            held.agent, held.workspace = result.agent, result.workspace
+        assert held.local_key is not None
+        self.by_run[held.local_key] = held
 
         def note_run(tx: Any) -> None:
             tx.execute(
@@ -231,10 +281,16 @@ class Worker:
             )
 
         await self.hub.store.write(note_run, durable=False)
-        if result.status == "running":
+        if result.status == "running" or (
+            not isinstance(task, FleetTask) and result.status == "pending"
+        ):
             await self.tell_started(held)
-        elif result.status != "queued":  # it ended before this hub stopped
-            await self.finish(held, str(result.status), None, result.reason)
+        elif result.status not in ("queued", "pending"):  # it ended before this hub stopped
+            code = None
+            if isinstance(task, FleetTask):
+                runs = (await self.hub.bus.perform("runner.status", {"run_id": result.run_id})).runs
+                code = runs[0].exit_code if runs else None
+            await self.finish(held, str(result.status), code, result.reason)
 
     async def claim(self, task_id: str, delivery: int) -> bool:
         """Raise the task's claim to `delivery`; False if a newer delivery holds it."""
@@ -294,8 +350,8 @@ class Worker:
         body = {
             "kind": kind,
             "task_id": task.task_id,
-            "agent": task.agent,
-            "workspace": task.workspace,
+            "agent": held.agent,
+            "workspace": held.workspace,
             "node": self.fleet.node,
             "run_id": held.run_id,
             "delivery": held.delivery,
@@ -319,14 +375,14 @@ class Worker:
 
     # -- the end -----------------------------------------------------------------------------
     async def settle_loop(self) -> None:
-        async for message in self.ended_recv:
-            held = self.by_run.get(message.run_id)
+        async for key, status, exit_code, reason in self.ended_recv:
+            held = self.by_run.get(key)
             if held is not None:
-                self.hub.task_group.start_soon(self.settle, held, message)
+                self.hub.task_group.start_soon(self.settle, held, status, exit_code, reason)
 
-    async def settle(self, held: Held, message: RunCompleted) -> None:
+    async def settle(self, held: Held, status: str, exit_code: int | None, reason: str) -> None:
         try:
-            await self.finish(held, message.status, message.exit_code, message.reason)
+            await self.finish(held, status, exit_code, reason)
         except Exception as e:
             log.warning("fleet: settling task %s failed: %s", held.task.task_id, e)
 
@@ -338,8 +394,8 @@ class Worker:
         if held.finishing or self.held.get((task.task_id, held.delivery)) is not held:
             return  # settled already (its end and a restart's look can both arrive)
         held.finishing = True
-        if held.run_id is not None:
-            self.by_run.pop(held.run_id, None)
+        if held.local_key is not None:
+            self.by_run.pop(held.local_key, None)
         wait = 0.5
         while True:
             try:
@@ -358,7 +414,7 @@ class Worker:
             )
 
         await self.hub.store.write(mark, durable=False)
-        self.poke(task.agent)
+        self.poke(held.lane)
 
     async def settle_on_nats(
         self, held: Held, status: str, exit_code: int | None, reason: str
@@ -391,22 +447,14 @@ class Worker:
 
         rows = await self.hub.store.read(read)
         for row in rows:
-            task = FleetTask.model_validate_json(row["task"])
-            held = Held(task, row["delivery"], row["reply"], row["slot_reply"])
-            held.run_id = row["run_id"]
+            task = parse_task(row["task"])
+            held = Held(task, self.fleet.lane_of(task), row["delivery"], row["reply"],
+                        row["slot_reply"])  # fmt: skip
             self.held[(task.task_id, held.delivery)] = held
             await self.t.reply(held.task_reply, b"+WPI")
             await self.t.reply(held.slot_reply, b"+WPI")
-            if held.run_id is None:  # stopped while starting it: find or make its run
-                await self.start_run(held)
-                continue
-            self.by_run[held.run_id] = held
-            result = await self.hub.bus.perform("runner.status", {"run_id": held.run_id})
-            runs = result.runs
-            if not runs:
-                await self.finish(held, "failed", None, "its run is gone")
-            elif runs[0].status not in ("running", "queued"):
-                run = runs[0]
-                await self.finish(held, run.status, run.exit_code, run.reason)
+            # find the run or task the delivery made (or make it, if it was not made yet):
+            # the idempotency key answers with it, and with how it stands
+            await self.start_run(held)
         if rows:
             log.info("fleet: resumed %d deliveries", len(rows))

@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from fleetbus.testing.fleet import FleetHubs, fleet_hubs
+from fleetbus.testing.gitrepo import make_repo
 from fleetbus.testing.hub import cli_command
 from fleetbus.testing.mcp_wire import CHANNEL_METHOD, serve
 
@@ -346,3 +347,38 @@ def test_a_stream_made_with_other_settings_is_refused_by_name(tmp_path: Path) ->
         assert "FLEETBUS_DISPATCH" in status["note"]
         assert "retention=limits" in status["note"] and "workqueue" in status["note"]
         assert status["connected"] is False
+
+
+def test_an_agentic_task_on_a_url_runs_on_any_hub(tmp_path: Path) -> None:
+    source = make_repo(tmp_path / "src" / "proj")
+    with fleet_hubs(tmp_path / "f", ack_wait=10) as fleet:
+        fleet.start("a", **ORIGIN_ONLY)
+        fleet.start("c", lanes=2)
+        request = {"repo": f"file://{source}", "task": "write hello.txt hi; commit add hello",
+                   "agent": "fake", "labels": ["fake"]}  # fmt: skip
+        answer = fleet.call("a", "fleet.dispatch_task", request)
+        assert answer["reason"] == "on the fleet's queue: any hub may take it"
+        task = wait_ended(fleet, "a", [answer["task_id"]])[answer["task_id"]]
+        assert (task["status"], task["node"], task["agent"]) == ("completed", "c", "fake")
+        on_c = fleet.call("c", "agentic.status", {})["tasks"]
+        assert [t["status"] for t in on_c] == ["completed"]
+        assert on_c[0]["task_id"] == task["run_id"]  # the task's id on the hub that ran it
+        with pytest.raises(Exception, match="no hub of the fleet can take it"):
+            fleet.call("a", "fleet.dispatch_task", {**request, "labels": ["fortran"]})
+
+
+def test_an_agentic_task_on_a_local_path_waits_for_its_hub(tmp_path: Path) -> None:
+    source = make_repo(tmp_path / "src" / "proj")
+    with fleet_hubs(tmp_path / "f", ack_wait=10) as fleet:
+        fleet.start("a", **ORIGIN_ONLY)
+        fleet.start("b", lanes=2)  # free lanes, but not the machine of the path (as far
+        # as the fleet knows: every hub here shares one disk, the lane is what decides)
+        request = {"repo": str(source), "task": "write hello.txt hi", "agent": "fake"}
+        answer = fleet.call("a", "fleet.dispatch_task", request)
+        assert "only this hub can run it" in answer["reason"]
+        assert "this hub runs no agents" in answer["reason"]
+        fleet.kill("a", signal.SIGTERM)
+        fleet.start("a", lanes=1)  # now a runs agents: it takes its own task
+        task = wait_ended(fleet, "a", [answer["task_id"]])[answer["task_id"]]
+        assert (task["status"], task["node"]) == ("completed", "a")
+        assert fleet.call("b", "agentic.status", {})["tasks"] == []
