@@ -124,7 +124,9 @@ class Origin:
                 )  # fmt: skip
             return True
 
-        if not await self.hub.store.write(record):
+        # a start need not survive the machine (its end will come); an end must, as it
+        # keeps a repeated end from being told twice
+        if not await self.hub.store.write(record, durable=kind != "started"):
             return
         self.announce(event)
 

@@ -289,7 +289,7 @@ class Fleet:
         await self.hub.store.write(insert)
         await t.publish_task(lane, priority, task.task_id, task.model_dump_json().encode())
         assert self.worker is not None
-        await self.worker.nudge(lane)
+        await self.worker.nudge(lane, priority)
 
     async def task_row(self, task_id: str) -> dict[str, Any] | None:
         def read(db: Any) -> dict[str, Any] | None:

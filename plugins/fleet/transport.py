@@ -392,16 +392,25 @@ class Transport:
         msgs = await self.next_messages(f"{self.up}_SLOTS", self.slot_consumer(slot), n, wait)
         return [_delivery(m) for m in msgs]
 
-    async def take_tasks(self, lane: str, n: int) -> list[Delivery]:
-        """Up to `n` tasks waiting in `lane`, highest priority first, oldest first."""
+    async def take_tasks(
+        self, lane: str, n: int, priorities: Sequence[str] = PRIORITIES
+    ) -> tuple[list[Delivery], list[str]]:
+        """Up to `n` tasks waiting in `lane`, highest priority first, oldest first, looking
+        only at `priorities`; also the priorities found empty."""
         out: list[Delivery] = []
+        empty: list[str] = []
         for priority in PRIORITIES:
+            if priority not in priorities:
+                continue
+            want = n - len(out)
             consumer = self.dispatch_consumer(lane, priority)
-            msgs = await self.next_messages(self.dispatch_stream, consumer, n - len(out), None)
+            msgs = await self.next_messages(self.dispatch_stream, consumer, want, None)
             out += [_delivery(m) for m in msgs]
+            if len(msgs) < want:
+                empty.append(priority)
             if len(out) >= n:
                 break
-        return out
+        return out, empty
 
     async def depth(self, lane: str) -> dict[str, int]:
         """Tasks waiting in `lane` by priority (not yet handed to a hub)."""
@@ -518,6 +527,15 @@ class Transport:
         except nats.js.errors.KeyWrongLastSequenceError:
             return False
         return True
+
+    async def create_soon(self, key: str, value: dict[str, Any]) -> None:
+        """Write `key` unless it exists, without waiting for the answer (the server keeps
+        the create-only rule; later publishes on this connection reach it after)."""
+        await self._nc().publish(
+            f"$KV.{self.up}_tasks.{key}",
+            json.dumps(value).encode(),
+            headers={"Nats-Expected-Last-Subject-Sequence": "0"},
+        )
 
     async def put(self, key: str, value: dict[str, Any]) -> None:
         await self._tasks().put(key, json.dumps(value).encode())

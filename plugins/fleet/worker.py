@@ -10,8 +10,8 @@ the same hub finds its run instead of starting a second one. The delivery's repl
 subjects are stored with the run, and every third of `ack_wait` an in-progress ack goes
 to the task and the slot; a restarted hub resumes those acks from the store.
 
-Fencing: taking delivery n of a task raises its claim (`claim.<task>` in the tasks bucket)
-to n. When the run ends, a delivery that finds a higher claim was superseded (its hub was
+Fencing: taking delivery n > 1 of a task raises its claim (`claim.<task>` in the tasks
+bucket) to n (a first delivery has nothing to fence off). When the run ends, a delivery that finds a higher claim was superseded (its hub was
 lost for longer than `ack_wait` and the task went elsewhere): its result is recorded (an
 audit row and `late.<task>.<n>`) but it writes no outcome, sends no event and acks
 nothing (its slot token has moved on too). Otherwise the outcome is written once
@@ -39,7 +39,7 @@ from fleetbus.plugins.agentic.models import TaskEnded
 from fleetbus.plugins.runner.models import FreeSlots, RunCompleted, RunStarted
 
 from .models import AnyTask, FleetTask, parse_task
-from .transport import Delivery, FleetError
+from .transport import PRIORITIES, Delivery, FleetError
 
 if TYPE_CHECKING:
     from .service import Fleet
@@ -87,6 +87,9 @@ class Worker:
         self.held: dict[tuple[str, int], Held] = {}
         self.by_run: dict[str, Held] = {}
         self.wake: dict[str, anyio.Event] = {lane: anyio.Event() for lane in fleet.lanes}
+        # the priorities of a lane that may hold tasks: a nudge adds one, an empty pull
+        # takes it out, a quiet second puts them all back (a nudge may have been missed)
+        self.maybe: dict[str, set[str]] = {lane: set(PRIORITIES) for lane in fleet.lanes}
         self.starting: Counter[str] = Counter()  # taken, not yet answered by the runner
         self.ended_send, self.ended_recv = anyio.create_memory_object_stream[
             tuple[str, str, int | None, str]
@@ -110,15 +113,18 @@ class Worker:
 
     async def _listen_nudges(self) -> None:
         async def on(msg: Any) -> None:
-            agent = msg.subject.rsplit(".", 1)[-1]
-            self.poke(agent)
+            lane = msg.subject.rsplit(".", 1)[-1]
+            if lane in self.maybe:
+                priority = msg.data.decode(errors="replace")
+                self.maybe[lane].update([priority] if priority in PRIORITIES else PRIORITIES)
+                self.poke(lane)
 
         await self.t._nc().subscribe(f"{self.t.prefix}.nudge.*", cb=on)
 
-    async def nudge(self, agent: str) -> None:
-        """Tell every hub that `agent` has new work (they look at once, not at the poll)."""
+    async def nudge(self, lane: str, priority: str) -> None:
+        """Tell every hub that `lane` has new work of `priority` (they look at once)."""
         try:
-            await self.t._nc().publish(f"{self.t.prefix}.nudge.{agent}", b"")
+            await self.t._nc().publish(f"{self.t.prefix}.nudge.{lane}", priority.encode())
         except Exception as e:
             log.debug("fleet nudge failed: %s", e)
 
@@ -161,10 +167,12 @@ class Worker:
                 else:
                     raise
 
-    async def _idle(self, agent: str) -> None:
-        with anyio.move_on_after(IDLE_POLL):
-            await self.wake[agent].wait()
-        self.wake[agent] = anyio.Event()
+    async def _idle(self, lane: str) -> None:
+        with anyio.move_on_after(IDLE_POLL) as quiet:
+            await self.wake[lane].wait()
+        if quiet.cancelled_caught:
+            self.maybe[lane] = set(PRIORITIES)
+        self.wake[lane] = anyio.Event()
 
     async def free(self, lane: str) -> int:
         """Tasks of `lane` this hub could start now: the runner's free slots for the
@@ -181,7 +189,8 @@ class Worker:
         if free <= 0:
             await self._idle(lane)
             return
-        taken = await self.t.take_tasks(lane, free)
+        taken, empty = await self.t.take_tasks(lane, free, self.maybe[lane])
+        self.maybe[lane].difference_update(empty)
         if not taken:
             await self._idle(lane)
             return
@@ -228,7 +237,8 @@ class Worker:
 
     async def run(self, task: AnyTask, lane: str, msg: Delivery, slot: Delivery) -> None:
         n = msg.delivered
-        if not await self.claim(task.task_id, n):
+        # a first delivery claims nothing: the fence is only raised by a redelivery
+        if n > 1 and not await self.claim(task.task_id, n):
             await self.t.reply(slot.reply, b"-NAK")  # a newer delivery owns the task
             return
         done = None
@@ -320,7 +330,9 @@ class Worker:
                  held.task_reply, held.slot_reply, self.hub.wall_clock()],
             )  # fmt: skip
 
-        await self.hub.store.write(insert)
+        # not fsynced: a hub process that dies keeps it (the OS has it); a machine that
+        # dies takes the runs with it, and the delivery goes elsewhere after ack_wait
+        await self.hub.store.write(insert, durable=False)
 
     # -- while it runs -----------------------------------------------------------------------
     async def keep_alive(self) -> None:
@@ -430,7 +442,7 @@ class Worker:
             return "superseded"
         outcome = {"status": status, "exit_code": exit_code, "delivery": n,
                    "node": self.fleet.node, "run_id": held.run_id, "reason": reason}  # fmt: skip
-        await self.t.create(f"outcome.{task.task_id}", outcome)
+        await self.t.create_soon(f"outcome.{task.task_id}", outcome)
         await self.event(held, "ended", status, exit_code, reason, raise_errors=True)
         await self.t.reply(held.task_reply, b"+ACK")
         await self.t.reply(held.slot_reply, b"-NAK")
