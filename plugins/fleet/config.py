@@ -44,8 +44,8 @@ class FleetSpec(BaseModel):
     )  # fmt: skip
     caps: dict[str, int] = Field(
         default_factory=dict,
-        description="Fleet-wide most runs at once per agent (agent: n); agents not named "
-        "get default_cap.",
+        description="Fleet-wide most runs at once per agent (agent: n), and of agentic "
+        "tasks (tasks: n); the others get default_cap.",
     )
     default_cap: int = Field(16, ge=1, le=10000, description="Fleet-wide cap of other agents.")
     agents: list[str] | None = Field(

@@ -57,6 +57,8 @@ TASK_SLOT = "_tasks"  # agentic tasks' fleet-wide slots (cap: fleet.caps["tasks"
 IDLE = "fleet mode is off: no fleet.url is configured (this hub runs alone)"
 NO_NATS = "fleet.url is set but nats-py is not installed: pip install 'fleetbus[fleet]'"
 MIN_RETRY, MAX_RETRY = 1.0, 30.0
+CONNECTING = "connecting to NATS"
+CONNECT_WAIT = 5.0  # a dispatch to a hub still making its first connection waits this long
 
 
 class Fleet:
@@ -79,7 +81,7 @@ class Fleet:
         self.worker: Worker | None = None
         self.origin: Origin | None = None
         self.connected = anyio.Event()
-        self.note = IDLE if not self.configured else "connecting to NATS"
+        self.note = IDLE if not self.configured else CONNECTING
 
     @property
     def configured(self) -> bool:
@@ -127,7 +129,8 @@ class Fleet:
             try:
                 if self.transport.nc is None:
                     await self.transport.connect(self.hub.env.get(self.spec.credentials_env))
-                caps = {slot: self.spec.cap(slot) for slot in set(self.lanes.values())}
+                caps = {slot: self.spec.cap("tasks" if slot == TASK_SLOT else slot)
+                        for slot in set(self.lanes.values())}  # fmt: skip
                 await self.transport.setup(
                     self.lanes, caps, self.spec.ack_wait, self.spec.max_deliver
                 )
@@ -172,9 +175,12 @@ class Fleet:
         return task.lane
 
     # -- dispatch ----------------------------------------------------------------------------
-    def _check_online(self) -> Transport:
+    async def _check_online(self) -> Transport:
         if not self.configured:
             raise Refused(f"{IDLE}; use runner.dispatch to run on this hub")
+        if self.transport is not None and self.note == CONNECTING:
+            with anyio.move_on_after(CONNECT_WAIT):  # a hub just started: let it connect
+                await self.connected.wait()
         t = self.transport
         if t is None or not self.online:
             raise Refused(f"the fleet is not reachable now ({self.note}); use runner.dispatch "
@@ -195,7 +201,7 @@ class Fleet:
         )
 
     async def dispatch(self, req: DispatchInput, ctx: Context) -> FleetDispatchResult:
-        t = self._check_online()
+        t = await self._check_online()
         task_id, known = await self._task_id(req.idempotency_key)
         if known is not None:
             return known
@@ -218,7 +224,7 @@ class Fleet:
         path only to this one (the only machine that has it)."""
         from fleetbus.plugins.agentic.git import GitError, source_of
 
-        t = self._check_online()
+        t = await self._check_online()
         try:
             source = await anyio.to_thread.run_sync(source_of, req.repo)
         except GitError as e:
