@@ -25,6 +25,7 @@ BENCH = Path(__file__).resolve().parent / "bench"
         "bench_agentic.py",
         "bench_sync.py",
         "bench_cli.py",
+        "bench_fleet.py",
     ],
 )
 def test_benchmark_runs_and_its_checks_hold(script: str) -> None:

@@ -58,15 +58,14 @@ def test_the_readmes_fleet_commands_work_as_written(tmp_path: Path) -> None:
         a_env = {**env, "FLEETBUS_HOME": str(tmp_path / "fleet" / "a")}
         deadline = time.monotonic() + 60
         while True:
-            tasks = json.loads(
-                subprocess.run(
-                    [sys.executable, "-m", "fleetbus.server", "call", "fleet.tasks"],
-                    env=a_env,
-                    capture_output=True,
-                    text=True,
-                    check=True,
-                ).stdout  # fmt: skip
-            )["tasks"]
+            listed = subprocess.run(
+                [sys.executable, "-m", "fleetbus.server", "call", "fleet.tasks"],
+                env=a_env,
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            tasks = json.loads(listed.stdout)["tasks"]
             if tasks and tasks[0]["status"] == "completed":
                 break
             assert time.monotonic() < deadline, tasks
