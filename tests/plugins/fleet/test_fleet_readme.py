@@ -27,7 +27,7 @@ README = Path(__file__).resolve().parents[3] / "README.md"
 
 def fleet_block() -> list[str]:
     section = README.read_text().split("## Fleet mode", 1)[1].split("\n## ", 1)[0]
-    block = re.findall(r"```sh\n(.*?)```", section, re.S)[0]
+    block: str = re.findall(r"```sh\n(.*?)```", section, re.S)[0]
     return block.rstrip("\n").splitlines()
 
 
