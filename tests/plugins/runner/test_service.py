@@ -20,7 +20,7 @@ import pytest
 
 from fleetbus.bus import InvalidInput, Refused
 from fleetbus.bus.hub import Hub
-from fleetbus.plugins.runner import WorkspaceQuery
+from fleetbus.plugins.runner import WorkspaceQuery, runner_of
 from fleetbus.testing.processes import group_members
 from fleetbus.testing.runner import (
     NOON,
@@ -135,8 +135,10 @@ class ProcessSampler:
 async def observe(
     hub: Hub, requests: list[dict[str, Any]], marker: str, key: Callable[[list[str]], str]
 ) -> tuple[list[Any], list[Any], dict[str, int], dict[str, int]]:
-    """Dispatch `requests`, wait for every run to end:
-    (dispatch results, completions, maxima seen in the OS, maxima of runner.status lanes)."""
+    """Dispatch `requests`, then open every workspace's gate (`go`: the prompts wait for
+    it, so which runs start at once does not depend on how fast dispatch is), wait for
+    every run to end: (dispatch results, completions, maxima seen in the OS, maxima of
+    runner.status lanes)."""
     watch = Watch(hub, ["runner.run_completed"])
     lane_max: dict[str, int] = {}
 
@@ -154,6 +156,10 @@ async def observe(
 
             tg.start_soon(sample_lanes)
             runs = [await dispatch(hub, **r) for r in requests]
+            root = runner_of(hub).root
+            for r in requests:
+                (root / r["workspace"]).mkdir(parents=True, exist_ok=True)
+                (root / r["workspace"] / "go").touch()
             ends = [await watch.completed(r.run_id, timeout=40) for r in runs]
             tg.cancel_scope.cancel()
     assert sampler.samples > 10
@@ -167,7 +173,7 @@ async def test_the_global_total_is_never_exceeded(home: Path) -> None:
         requests = [
             {
                 "agent": ("fa", "fb")[n % 2],
-                "prompt": f"sleep 0.4; echo {marker}",
+                "prompt": f"wait go; sleep 0.1; echo {marker}",
                 "workspace": f"t/w/{n}",
             }
             for n in range(8)
@@ -185,7 +191,8 @@ async def test_the_per_agent_cap_is_never_exceeded(home: Path) -> None:
     marker = f"cap-{os.getpid()}-{time.monotonic_ns()}"
     async with runner_hub(home, agents={"fake": {"concurrency": 2}}) as hub:
         requests = [
-            {"prompt": f"sleep 0.4; echo {marker}", "workspace": f"t/w/{n}"} for n in range(6)
+            {"prompt": f"wait go; sleep 0.1; echo {marker}", "workspace": f"t/w/{n}"}
+            for n in range(6)
         ]
         runs, ends, seen, lanes = await observe(hub, requests, marker, lambda argv: "all")
         assert (runs[2].status, runs[2].reason) == ("queued", "lane full: fake 2/2")
@@ -207,7 +214,7 @@ async def test_the_per_model_cap_is_never_exceeded(home: Path) -> None:
             {
                 "agent": "fm",
                 "model": ("m1", "m2")[n % 2],
-                "prompt": f"sleep 0.4; echo {marker};",
+                "prompt": f"wait go; sleep 0.1; echo {marker};",
                 "workspace": f"t/w/{n}",
             }
             for n in range(8)
