@@ -61,6 +61,10 @@ CONNECTING = "connecting to NATS"
 CONNECT_WAIT = 5.0  # a dispatch to a hub still making its first connection waits this long
 
 
+def model_lane(agent: str, model: str) -> str:
+    return f"{token_of(agent)}--{token_of(model)}"
+
+
 class Fleet:
     def __init__(self, hub: Hub) -> None:
         self.hub = hub
@@ -70,9 +74,19 @@ class Fleet:
         configured_agents: list[str] = list(agents)
         wanted = self.spec.agents if self.spec.agents is not None else configured_agents
         self.agents = [token_of(a) for a in wanted if a in configured_agents]
-        # lane -> slot: an agent's runs (its own slots), and agentic tasks (shared slots):
-        # those any hub may take (a repository URL) and those only this one may (a path here)
+        self.agent_names = {token_of(a): a for a in wanted if a in configured_agents}
+        # lane -> slot: an agent's runs (its own slots), with a lane of their own for the
+        # runs of a model that has its own lane limit (`<agent>--<model>`, the same slots),
+        # and agentic tasks (shared slots): those any hub may take (a repository URL) and
+        # those only this one may (a repository path on this machine)
         self.lanes: dict[str, str] = {a: a for a in self.agents}
+        self.model_lanes: dict[str, tuple[str, str]] = {}  # lane -> (agent, model)
+        for name, spec in agents.items():
+            for model in spec.limits()[1]:
+                lane = model_lane(name, model)
+                self.model_lanes[lane] = (name, model)
+                if token_of(name) in self.agents:
+                    self.lanes[lane] = token_of(name)
         self.has_agentic = AGENTIC in hub.config
         if self.agents and self.has_agentic:
             self.lanes[ANY_TASKS] = self.lanes[self.local_tasks] = TASK_SLOT
@@ -165,13 +179,17 @@ class Fleet:
 
     def lanes_of(self, agent: str) -> list[str]:
         """The lanes a run of `agent` ending here frees room in."""
-        if agent not in self.lanes:
-            return []
-        return [agent] + [lane for lane, slot in self.lanes.items() if slot == TASK_SLOT]
+        slot = token_of(agent)
+        return [lane for lane, s in self.lanes.items() if s in (slot, TASK_SLOT)]
+
+    def lane_for(self, agent: str, model: str | None) -> str:
+        """The lane of a run: its model's, if that model has a lane limit, else its agent's."""
+        lane = model_lane(agent, model) if model else ""
+        return lane if lane in self.model_lanes else token_of(agent)
 
     def lane_of(self, task: AnyTask) -> str:
         if isinstance(task, FleetTask):
-            return token_of(task.agent)
+            return self.lane_for(task.agent, task.model)
         return task.lane
 
     # -- dispatch ----------------------------------------------------------------------------
@@ -212,7 +230,7 @@ class Fleet:
             origin=dict(ctx.origin),
             created_at=self.hub.wall_clock(),
         )
-        lane = token_of(req.agent)
+        lane = self.lane_for(req.agent, req.model)
         await self.send(t, task, lane, req.agent, req.workspace, req.priority)
         reason = "on the fleet's queue"
         if lane not in self.lanes:

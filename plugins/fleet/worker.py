@@ -177,10 +177,16 @@ class Worker:
     async def free(self, lane: str) -> int:
         """Tasks of `lane` this hub could start now: the runner's free slots for the
         agent (an agentic lane: for the freest agent), less those being started."""
-        agents = [lane] if lane in self.fleet.agents else self.fleet.agents
+        if lane in self.fleet.model_lanes:
+            agent, model = self.fleet.model_lanes[lane]
+            asks = [FreeSlots(agent=agent, model=model)]
+        elif lane in self.fleet.agents:
+            asks = [FreeSlots(agent=self.fleet.agent_names[lane])]
+        else:
+            asks = [FreeSlots(agent=self.fleet.agent_names[a]) for a in self.fleet.agents]
         free = 0
-        for agent in agents:
-            free = max(free, await self.hub.bus.query(FreeSlots(agent=agent)))
+        for ask in asks:
+            free = max(free, await self.hub.bus.query(ask))
         return int(free) - self.starting[lane]
 
     async def pull_once(self, lane: str) -> None:

@@ -23,6 +23,7 @@ from fleetbus.testing.fleet import FleetHubs, fleet_hubs
 from fleetbus.testing.gitrepo import make_repo
 from fleetbus.testing.hub import cli_command
 from fleetbus.testing.mcp_wire import CHANNEL_METHOD, serve
+from fleetbus.testing.runner import fake_agent
 
 pytestmark = pytest.mark.slow
 
@@ -382,3 +383,25 @@ def test_an_agentic_task_on_a_local_path_waits_for_its_hub(tmp_path: Path) -> No
         task = wait_ended(fleet, "a", [answer["task_id"]])[answer["task_id"]]
         assert (task["status"], task["node"]) == ("completed", "a")
         assert fleet.call("b", "agentic.status", {})["tasks"] == []
+
+
+def test_a_model_with_its_own_lane_limit_has_its_own_subject(tmp_path: Path) -> None:
+    fm = fake_agent(models=["m1", "m2"], model_args=["{model}"], concurrency={"total": 3, "m1": 1})
+    with fleet_hubs(tmp_path, ack_wait=10, manifest={"agents": {"fm": fm}}) as fleet:
+        fleet.start("a", **ORIGIN_ONLY)
+        for node in "bc":
+            fleet.start(node, lanes=3, agents=["fm"])
+        status = fleet.call("b", "fleet.status")
+        assert set(status["depth"]) >= {"fm", "fm--m1"}  # m2 has no lane of its own
+        ids = [
+            fleet.call("a", "fleet.dispatch", {"agent": "fm", "model": "m1",
+                       "workspace": f"model/w{i}", "prompt": "sleep 0.5;"})["task_id"]
+            for i in range(4)
+        ]  # fmt: skip
+        tasks = wait_ended(fleet, "a", ids)
+        assert {tasks[i]["status"] for i in ids} == {"completed"}
+        runs = [{**r, "node": n} for n in "bc" for r in fleet.runs(n)]
+        assert {r["model"] for r in runs} == {"m1"}
+        for node in "bc":  # each hub held its m1 lane (1 at a time), so both took some
+            mine = [r for r in runs if r["node"] == node]
+            assert mine and max_overlap(mine) == 1, runs
