@@ -37,9 +37,8 @@ def m0001_initial(db: Database) -> None:
         """
         CREATE TABLE fleet_runs (              -- run here: the executor's view
             task_id TEXT NOT NULL,
-            delivery INTEGER NOT NULL,
-            run_id TEXT,
-            task TEXT NOT NULL,                -- the FleetTask, JSON
+            delivery INTEGER NOT NULL,         -- its run: found by the key fleet:<task_id>
+            task TEXT NOT NULL,                -- the task, JSON
             reply TEXT NOT NULL,               -- acks the task's delivery
             slot_reply TEXT NOT NULL,          -- gives the fleet-wide slot back
             state TEXT NOT NULL,               -- running | ended | superseded

@@ -104,6 +104,7 @@ class Transport:
         self.connected = False
         self.last_error = ""
         self.inboxes: dict[str, tuple[anyio.Lock, Any]] = {}  # per pull consumer
+        self.disconnects = 0  # times the connection was lost (acks may not have gone out)
 
     @property
     def where(self) -> str:
@@ -140,6 +141,7 @@ class Transport:
         async def on_disconnect() -> None:
             if self.nc is not None:  # not while the first connect is still trying
                 self.connected = False
+                self.disconnects += 1
                 self.last_error = "disconnected from the NATS server; reconnecting"
 
         async def on_reconnect() -> None:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections import Counter
 from typing import TYPE_CHECKING, Any
 
@@ -47,6 +48,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("fleetbus.fleet")
 
 IDLE_POLL = 1.0  # seconds between looks at an empty queue (a dispatch nudges sooner)
+NUDGE_GAP = 0.005  # seconds between two nudges of one lane and priority
 
 
 class Held:
@@ -54,14 +56,22 @@ class Held:
     or the agentic service's task)."""
 
     __slots__ = (
-        "agent", "delivery", "finishing", "lane", "run_id", "slot_reply", "task",
-        "task_reply", "workspace",
+        "agent", "delivery", "disconnects", "finishing", "lane", "run_id", "slot_reply",
+        "taken_at", "task", "task_reply", "workspace",
     )  # fmt: skip
 
     def __init__(
-        self, task: AnyTask, lane: str, delivery: int, task_reply: str, slot_reply: str
+        self,
+        task: AnyTask,
+        lane: str,
+        delivery: int,
+        task_reply: str,
+        slot_reply: str,
+        disconnects: int | None = None,
     ) -> None:
         self.task = task
+        self.taken_at = time.monotonic()
+        self.disconnects = disconnects  # the connection's count when taken; None: unknown
         self.lane = lane
         self.delivery = delivery
         self.task_reply = task_reply
@@ -70,6 +80,12 @@ class Held:
         self.finishing = False
         self.agent = task.agent_name
         self.workspace = task.workspace if isinstance(task, FleetTask) else task.request.repo
+
+    def surely_current(self, disconnects: int, ack_wait: float) -> bool:
+        """True when no other delivery of the task can exist, so its claim need not be
+        read: JetStream redelivers only after `ack_wait` without a word from us, and less
+        than half of that has passed since we took it, on a connection never lost since."""
+        return self.disconnects == disconnects and time.monotonic() - self.taken_at < ack_wait / 2
 
     @property
     def local_key(self) -> str | None:
@@ -91,6 +107,8 @@ class Worker:
         # takes it out, a quiet second puts them all back (a nudge may have been missed)
         self.maybe: dict[str, set[str]] = {lane: set(PRIORITIES) for lane in fleet.lanes}
         self.starting: Counter[str] = Counter()  # taken, not yet answered by the runner
+        self.nudged: dict[tuple[str, str], float] = {}  # (lane, priority) -> last nudge sent
+        self.trailing: set[tuple[str, str]] = set()  # nudges to send after NUDGE_GAP
         self.ended_send, self.ended_recv = anyio.create_memory_object_stream[
             tuple[str, str, int | None, str]
         ](math.inf)
@@ -122,7 +140,24 @@ class Worker:
         await self.t._nc().subscribe(f"{self.t.prefix}.nudge.*", cb=on)
 
     async def nudge(self, lane: str, priority: str) -> None:
-        """Tell every hub that `lane` has new work of `priority` (they look at once)."""
+        """Tell every hub that `lane` has new work of `priority` (they look at once). A
+        burst of dispatches sends one nudge at once and one more NUDGE_GAP later, not one
+        each (every hub wakes for every nudge)."""
+        key = (lane, priority)
+        if time.monotonic() - self.nudged.get(key, 0.0) >= NUDGE_GAP:
+            await self._nudge(key)
+        elif key not in self.trailing:
+            self.trailing.add(key)
+            self.hub.task_group.start_soon(self._trailing_nudge, key)
+
+    async def _trailing_nudge(self, key: tuple[str, str]) -> None:
+        await anyio.sleep(NUDGE_GAP)
+        self.trailing.discard(key)
+        await self._nudge(key)
+
+    async def _nudge(self, key: tuple[str, str]) -> None:
+        self.nudged[key] = time.monotonic()
+        lane, priority = key
         try:
             await self.t._nc().publish(f"{self.t.prefix}.nudge.{lane}", priority.encode())
         except Exception as e:
@@ -254,7 +289,7 @@ class Worker:
             await self.t.reply(msg.reply, b"+ACK")
             await self.t.reply(slot.reply, b"-NAK")
             return
-        held = Held(task, lane, n, msg.reply, slot.reply)
+        held = Held(task, lane, n, msg.reply, slot.reply, self.t.disconnects)
         self.held[(task.task_id, n)] = held
         await self.store_held(held)
         await self.start_run(held)
@@ -290,13 +325,6 @@ class Worker:
         assert held.local_key is not None
         self.by_run[held.local_key] = held
 
-        def note_run(tx: Any) -> None:
-            tx.execute(
-                "UPDATE fleet_runs SET run_id = ? WHERE task_id = ? AND delivery = ?",
-                [result.run_id, task.task_id, held.delivery],
-            )
-
-        await self.hub.store.write(note_run, durable=False)
         if result.status == "running" or (
             not isinstance(task, FleetTask) and result.status == "pending"
         ):
@@ -330,9 +358,9 @@ class Worker:
     async def store_held(self, held: Held) -> None:
         def insert(tx: Any) -> None:
             tx.execute(
-                "INSERT OR REPLACE INTO fleet_runs (task_id, delivery, run_id, task, reply, "
-                "slot_reply, state, started_at) VALUES (?, ?, ?, ?, ?, ?, 'running', ?)",
-                [held.task.task_id, held.delivery, held.run_id, held.task.model_dump_json(),
+                "INSERT OR REPLACE INTO fleet_runs (task_id, delivery, task, reply, "
+                "slot_reply, state, started_at) VALUES (?, ?, ?, ?, ?, 'running', ?)",
+                [held.task.task_id, held.delivery, held.task.model_dump_json(),
                  held.task_reply, held.slot_reply, self.hub.wall_clock()],
             )  # fmt: skip
 
@@ -439,7 +467,9 @@ class Worker:
     ) -> str:
         task = held.task
         n = held.delivery
-        claim, _ = await self.t.get(f"claim.{task.task_id}")
+        claim = None
+        if not held.surely_current(self.t.disconnects, self.spec.ack_wait):
+            claim, _ = await self.t.get(f"claim.{task.task_id}")
         if claim is not None and int(claim.get("delivery", 0)) > n:
             late = {"status": status, "exit_code": exit_code, "node": self.fleet.node,
                     "delivery": n, "superseded_by": claim.get("delivery")}  # fmt: skip

@@ -405,3 +405,28 @@ def test_a_model_with_its_own_lane_limit_has_its_own_subject(tmp_path: Path) -> 
         for node in "bc":  # each hub held its m1 lane (1 at a time), so both took some
             mine = [r for r in runs if r["node"] == node]
             assert mine and max_overlap(mine) == 1, runs
+
+
+def test_a_superseded_deliverys_late_result_is_kept_but_never_wins(tmp_path: Path) -> None:
+    with fleet_hubs(tmp_path, ack_wait=2) as fleet:
+        fleet.start("a", **ORIGIN_ONLY)
+        fleet.start("b", lanes=1)
+        task = dispatch(fleet, "a", "late/w0", "sleep 4; echo done")
+        fleet.wait("b", lambda s: s["running_here"] == 1, "running it")
+        fleet.kill("b")  # its agent lives on; after ack_wait the task goes to c
+        fleet.start("c", lanes=1)
+        fleet.wait("c", lambda s: s["running_here"] == 1, "running it", timeout=30)
+        fleet.start("b", lanes=1)  # back too late: its run ends, superseded
+        late = fleet.wait(
+            "b", lambda r: r["records"], "recording the late result", "fleet.records"
+        )["records"]
+        tasks = wait_ended(fleet, "a", [task])
+        assert (tasks[task]["status"], tasks[task]["node"], tasks[task]["delivery"]) == (
+            "completed",
+            "c",
+            2,
+        )
+        assert [r["what"] for r in late] == ["late"]
+        detail = json.loads(late[0]["detail"])
+        assert (detail["delivery"], detail["superseded_by"], detail["node"]) == (1, 2, "b")
+        assert len(fleet.call("a", "fleet.tasks")["tasks"]) == 1
