@@ -89,46 +89,58 @@ class Origin:
                 log.debug("fleet events: %s", e)
                 await anyio.sleep(1.0)
                 continue
+            events = []
             for msg in msgs:
                 try:
-                    await self.handle(json.loads(msg.data))
-                except Exception as e:
-                    log.warning("fleet: an event could not be handled: %s", e)
+                    event = json.loads(msg.data)
+                    str(event["task_id"])
+                    events.append(event)
+                except (ValueError, KeyError, TypeError) as e:
+                    log.warning("fleet: an event that is not one was dropped: %s", e)
+            try:
+                await self.handle(events)
+            except Exception as e:  # the store: the events come again (not acked)
+                log.warning("fleet: events could not be recorded: %s", e)
+                continue
+            for msg in msgs:
                 await self.t.reply(msg.reply, b"+ACK")
 
-    async def handle(self, event: dict[str, Any]) -> None:
-        task_id = str(event["task_id"])
-        kind = event.get("kind")
-        status = str(event.get("status", ""))
+    async def handle(self, events: list[dict[str, Any]]) -> None:
+        """Record a batch of events in one write, then announce the ones that are news: a
+        start of a task not ended, the first end of a task."""
         now = self.hub.wall_clock()
-        fields = (event.get("node"), event.get("run_id"), event.get("delivery"))
 
-        def record(tx: Any) -> bool:
-            row = tx.execute(
-                "SELECT status FROM fleet_tasks WHERE task_id = ?", [task_id]
-            ).fetchone()
-            if row is not None and row[0] in TERMINAL:
-                return False  # told once already
-            if kind == "started":
-                tx.execute(
-                    "UPDATE fleet_tasks SET status = 'running', node = ?, run_id = ?, "
-                    "delivery = ? WHERE task_id = ?",
-                    [*fields, task_id],
-                )
-            else:
-                tx.execute(
-                    "UPDATE fleet_tasks SET status = ?, node = ?, run_id = ?, delivery = ?, "
-                    "exit_code = ?, reason = ?, ended_at = ? WHERE task_id = ?",
-                    [status, *fields, event.get("exit_code"), str(event.get("reason", "")),
-                     now, task_id],
-                )  # fmt: skip
-            return True
+        def record(tx: Any) -> list[dict[str, Any]]:
+            news = []
+            for event in events:
+                task_id = str(event["task_id"])
+                fields = (event.get("node"), event.get("run_id"), event.get("delivery"))
+                row = tx.execute(
+                    "SELECT status FROM fleet_tasks WHERE task_id = ?", [task_id]
+                ).fetchone()
+                if row is not None and row[0] in TERMINAL:
+                    continue  # told once already
+                if event.get("kind") == "started":
+                    tx.execute(
+                        "UPDATE fleet_tasks SET status = 'running', node = ?, run_id = ?, "
+                        "delivery = ? WHERE task_id = ?",
+                        [*fields, task_id],
+                    )
+                else:
+                    tx.execute(
+                        "UPDATE fleet_tasks SET status = ?, node = ?, run_id = ?, delivery = ?, "
+                        "exit_code = ?, reason = ?, ended_at = ? WHERE task_id = ?",
+                        [str(event.get("status", "")), *fields, event.get("exit_code"),
+                         str(event.get("reason", "")), now, task_id],
+                    )  # fmt: skip
+                news.append(event)
+            return news
 
-        # a start need not survive the machine (its end will come); an end must, as it
+        # starts need not survive the machine (their end will come); an end must, as it
         # keeps a repeated end from being told twice
-        if not await self.hub.store.write(record, durable=kind != "started"):
-            return
-        self.announce(event)
+        durable = any(e.get("kind") != "started" for e in events)
+        for event in await self.hub.store.write(record, durable=durable):
+            self.announce(event)
 
     def announce(self, event: dict[str, Any]) -> None:
         origin = {str(k): str(v) for k, v in (event.get("origin") or {}).items()}
