@@ -26,7 +26,6 @@ on its branch or not at main's commit, a missing worktree, a git process left ru
 from __future__ import annotations
 
 import gc
-import json
 import math
 import os
 import platform
@@ -36,10 +35,18 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
-from common import BenchError, Result, leftovers, log, no_nan, parse_profile, ratio_table
+from common import (
+    BenchError,
+    Result,
+    json_report,
+    leftovers,
+    log,
+    parse_profile,
+    ratio_table,
+)
 
 from fleetbus.plugins.agentic import git
 
@@ -238,17 +245,12 @@ def main(argv: list[str] | None = None) -> int:
     log(f"bench prepare: {verdicts} in {elapsed:.1f}s")
 
     if args.json:
-        doc = {
-            "profile": "quick" if args.quick else "full",
-            "settings": asdict(profile),
-            "python": platform.python_version(),
-            "git": run_git("--version"),
-            "cpus": os.cpu_count(),
-            "elapsed_s": round(elapsed, 2),
-            "ratio": "median of per-round fleetbus/baseline ratios",
-            "results": [asdict(r) for r in results],
-        }
-        print(json.dumps(no_nan(doc), indent=2))
+        ratio = "median of per-round fleetbus/baseline ratios"
+        print(
+            json_report(
+                args.quick, profile, elapsed, results, git=run_git("--version"), ratio=ratio
+            )
+        )
     else:
         print(ratio_table(results, fmt))
         for r in results:

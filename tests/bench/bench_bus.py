@@ -37,7 +37,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -45,7 +45,7 @@ import anyio
 import anyio.abc
 import pluggy
 from anyio.streams.buffered import BufferedByteReceiveStream
-from common import BenchError, aligned, log, no_nan, percentile
+from common import BenchError, aligned, json_report, log, percentile
 from pydantic import BaseModel
 
 from fleetbus.bus.actions import make_spec
@@ -541,15 +541,8 @@ def main(argv: list[str] | None = None) -> int:
     elapsed = time.perf_counter() - started
 
     if args.json:
-        doc = {
-            "profile": "quick" if args.quick else "full",
-            "settings": asdict(profile),
-            "python": platform.python_version(),
-            "elapsed_s": round(elapsed, 2),
-            "ratio": "median of per-round fleetbus/baseline ratios",
-            "results": [asdict(r) for r in results],
-        }
-        print(json.dumps(no_nan(doc), indent=2))
+        ratio = "median of per-round fleetbus/baseline ratios"
+        print(json_report(args.quick, profile, elapsed, results, ratio=ratio))
     else:
         print(table(results))
         for r in results:

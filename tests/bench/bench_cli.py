@@ -37,10 +37,18 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
-from common import BenchError, Result, leftovers, log, no_nan, parse_profile, ratio_table
+from common import (
+    BenchError,
+    Result,
+    json_report,
+    leftovers,
+    log,
+    parse_profile,
+    ratio_table,
+)
 
 from fleetbus.bus.lock import read_pid
 from fleetbus.bus.paths import Home
@@ -195,16 +203,8 @@ def main(argv: list[str] | None = None) -> int:
     log(f"bench call: {verdicts} in {elapsed:.1f}s")
 
     if args.json:
-        doc = {
-            "profile": "quick" if args.quick else "full",
-            "settings": asdict(profile),
-            "python": platform.python_version(),
-            "cpus": os.cpu_count(),
-            "elapsed_s": round(elapsed, 2),
-            "ratio": "median of per-round fleetbus/baseline ratios (milliseconds per command)",
-            "results": [asdict(r) for r in results],
-        }
-        print(json.dumps(no_nan(doc), indent=2))
+        ratio = "median of per-round fleetbus/baseline ratios (milliseconds per command)"
+        print(json_report(args.quick, profile, elapsed, results, ratio=ratio))
     else:
         print(ratio_table(results, fmt))
         for r in results:

@@ -29,15 +29,12 @@ a correctness check fails (a task not run, run twice, not ended `completed`).
 
 from __future__ import annotations
 
-import json
-import os
-import platform
 import statistics
 import sys
 import tempfile
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -45,9 +42,9 @@ import anyio
 from common import (
     BenchError,
     Result,
+    json_report,
     leftovers,
     log,
-    no_nan,
     parse_profile,
     percentile,
     ratio_table,
@@ -253,15 +250,7 @@ def main(argv: list[str] | None = None) -> int:
             r.problems.append(f"processes left behind: {left[:5]}")
     elapsed = time.perf_counter() - started
     if args.json:
-        doc = {
-            "profile": "quick" if args.quick else "full",
-            "settings": asdict(profile),
-            "python": platform.python_version(),
-            "cpus": os.cpu_count(),
-            "elapsed_s": round(elapsed, 2),
-            "results": [asdict(r) for r in results],
-        }
-        print(json.dumps(no_nan(doc), indent=2))
+        print(json_report(args.quick, profile, elapsed, results))
     else:
         print(ratio_table(results, fmt))
         for r in results:

@@ -56,12 +56,12 @@ import tempfile
 import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import anyio
-from common import BenchError, aligned, leftovers, log, no_nan, percentile
+from common import BenchError, aligned, json_report, leftovers, log, percentile
 from mcp import ClientSession, StdioServerParameters, stdio_client
 from mcp.client import NotificationBinding
 from pydantic import BaseModel
@@ -805,18 +805,15 @@ def main(argv: list[str] | None = None) -> int:
     elapsed = time.perf_counter() - started
 
     if args.json:
-        doc = {
-            "profile": "quick" if args.quick else "full",
-            "settings": asdict(profile),
-            "python": platform.python_version(),
-            "elapsed_s": round(elapsed, 2),
-            "coalescing_window_s": WINDOW,
-            "ratio": "median of per-round fleetbus/baseline p50 ratios",
-            "reference": "dispatch rows: the hub's own started_at / ended_at of the run",
-            "info": info,
-            "results": [asdict(r) for r in results],
-        }
-        print(json.dumps(no_nan(doc), indent=2))
+        print(
+            json_report(
+                args.quick, profile, elapsed, results,
+                coalescing_window_s=WINDOW,
+                ratio="median of per-round fleetbus/baseline p50 ratios",
+                reference="dispatch rows: the hub's own started_at / ended_at of the run",
+                info=info,
+            )
+        )  # fmt: skip
     else:
         print(table(results))
         for line in notes(results, info):

@@ -47,7 +47,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import math
 import os
 import platform
@@ -66,7 +65,7 @@ from typing import Any
 
 import anyio
 import anyio.abc
-from common import BenchError, Result, aligned, leftovers, log, no_nan, percentile
+from common import BenchError, Result, aligned, json_report, leftovers, log, percentile
 
 from fleetbus.bus.client import HubClient
 from fleetbus.bus.hub import Hub
@@ -1014,16 +1013,8 @@ def main(argv: list[str] | None = None) -> int:
     elapsed = time.perf_counter() - started
 
     if args.json:
-        doc = {
-            "profile": "quick" if args.quick else "full",
-            "settings": asdict(profile),
-            "python": platform.python_version(),
-            "cpus": os.cpu_count(),
-            "elapsed_s": round(elapsed, 2),
-            "ratio": "median of per-round fleetbus/baseline ratios",
-            "results": [asdict(r) for r in results],
-        }
-        print(json.dumps(no_nan(doc), indent=2))
+        ratio = "median of per-round fleetbus/baseline ratios"
+        print(json_report(args.quick, profile, elapsed, results, ratio=ratio))
     else:
         print(table(results))
         for line in details(results):

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import math
 import os
+import platform
 import sys
 from collections.abc import Callable, Sequence
 from contextlib import suppress
@@ -82,6 +84,24 @@ def parse_profile(
         if getattr(args, name):
             profile = dataclasses.replace(profile, **{name: getattr(args, name)})
     return args, profile
+
+
+def json_report(quick: bool, settings: Any, elapsed: float, results: Sequence[Any],
+                **extra: Any) -> str:  # fmt: skip
+    """The `--json` document of a script: profile, settings (a dataclass or a dict), the
+    machine's Python and cores, the elapsed time, `extra` fields, then the results."""
+    if dataclasses.is_dataclass(settings) and not isinstance(settings, type):
+        settings = dataclasses.asdict(settings)
+    doc = {
+        "profile": "quick" if quick else "full",
+        "settings": settings,
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+        "elapsed_s": round(elapsed, 2),
+        **extra,
+        "results": [dataclasses.asdict(r) for r in results],
+    }
+    return json.dumps(no_nan(doc), indent=2)
 
 
 def log(msg: str) -> None:
