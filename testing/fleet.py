@@ -12,7 +12,6 @@ of the runs of each home (a SIGKILLed hub's agents) is killed by the pids they r
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import time
@@ -27,7 +26,7 @@ from fleetbus.bus.paths import Home
 
 from .hub import cli_command, isolated_env
 from .nats import NatsServer, nats_server
-from .processes import reap_runs
+from .processes import end_process, reap_runs
 
 
 class FleetHubs:
@@ -99,14 +98,7 @@ class FleetHubs:
 
     def kill(self, node: str, sig: int = signal.SIGKILL) -> None:
         """Signal the hub of `node` and wait for it to exit."""
-        proc = self.procs.pop(node)
-        if proc.poll() is None:
-            os.kill(proc.pid, sig)
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                os.kill(proc.pid, signal.SIGKILL)
-                proc.wait()
+        end_process(self.procs.pop(node), sig, wait=15)
         # a hub killed with its lock held leaves a stale socket; the next hub clears it
 
     def call(self, node: str, action: str, payload: Any = None, timeout: float = 30) -> Any:

@@ -7,7 +7,6 @@ with nats_server(tmp_path) as server:
 
 from __future__ import annotations
 
-import os
 import shutil
 import signal
 import socket
@@ -18,6 +17,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from .processes import end_process
 
 
 def nats_server_binary() -> str | None:
@@ -69,15 +70,8 @@ class NatsServer:
                 time.sleep(0.02)
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
-        proc = self.proc
-        if proc is None or proc.poll() is not None:
-            return
-        os.kill(proc.pid, sig)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait()
+        if self.proc is not None:
+            end_process(self.proc, sig)
         self.proc = None
 
     def restart(self) -> None:

@@ -13,6 +13,7 @@ import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import psutil
 
@@ -59,6 +60,18 @@ def live_groups() -> set[int]:
 def kill_group(pgid: int) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, signal.SIGKILL)
+
+
+def end_process(proc: subprocess.Popen[Any], sig: int = signal.SIGTERM, wait: float = 10) -> None:
+    """Send `sig` to our child `proc` (if it still runs) and reap it; SIGKILL after `wait` s."""
+    if proc.poll() is not None:
+        return
+    os.kill(proc.pid, sig)
+    try:
+        proc.wait(wait)
+    except subprocess.TimeoutExpired:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
 
 
 def run_pid(path: Path) -> int | None:

@@ -14,35 +14,36 @@ from fleetbus.plugins.runner.models import DispatchInput
 TERMINAL = frozenset({"completed", "failed", "blocked", "cancelled", "timeout", "dead_lettered"})
 
 
-class FleetTask(DispatchInput):
+class Routed(BaseModel):
+    """What every task on the queue carries: its id and where it came from."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    task_id: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    origin_node: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    origin: dict[str, str] = Field(default_factory=dict)
+    created_at: float
+
+
+class FleetTask(DispatchInput, Routed):
     """A run as it travels on the queue: the runner's input plus where it came from."""
 
     model_config = ConfigDict(extra="forbid")
 
     kind: Literal["run"] = "run"
-    task_id: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
-    origin_node: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
-    origin: dict[str, str] = Field(default_factory=dict)
-    created_at: float
 
     @property
     def agent_name(self) -> str:
         return self.agent
 
 
-class FleetAgenticTask(BaseModel):
+class FleetAgenticTask(Routed):
     """An agentic task (a repository, labels, retries) as it travels on the queue; the hub
     that takes it runs `agentic.dispatch` (which picks its agent)."""
-
-    model_config = ConfigDict(extra="forbid")
 
     kind: Literal["task"]
     request: DispatchTask
     lane: str = Field(pattern=r"^tasks-(any|at-[A-Za-z0-9_-]{1,64})$")
-    task_id: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
-    origin_node: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
-    origin: dict[str, str] = Field(default_factory=dict)
-    created_at: float
 
     @property
     def agent_name(self) -> str:
