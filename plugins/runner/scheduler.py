@@ -153,9 +153,9 @@ class Scheduler:
         limit = lanes.agent_limits.get(agent)
         if limit is not None:
             free = min(free, limit - lanes.by_agent[agent])
-        model_limit = lanes.model_limits.get(agent, {}).get(model) if model else None
-        if model_limit is not None:
-            free = min(free, model_limit - lanes.by_model[(agent, model)])
+        cap = lanes.model_limits.get(agent, {}).get(model) if model is not None else None
+        if model is not None and cap is not None:
+            free = min(free, cap - lanes.by_model[(agent, model)])
         return max(0, free - state.queued_by_agent[agent])
 
     def why_queued(self, row: dict[str, Any]) -> str:
