@@ -310,6 +310,22 @@ def demo(opts: Options) -> None:
         fail(e.message, EXIT_USAGE)
 
 
+@cli.command()
+@pass_options
+def top(opts: Options) -> None:
+    """A live view of the fleet: lanes, the queue, runs and channel events.
+
+    Keys: f freeze, u unfreeze, up/down or j/k select a run, K kill it (y confirms),
+    l or Enter open its log in $PAGER (default less), q quit.
+    """
+    from . import top as top_view
+
+    problem = top_view.terminal_problem()
+    if problem:
+        fail(problem)
+    sys.exit(opts.run(lambda client: top_view.run_top(client, opts.home.root)))
+
+
 def main() -> None:
     try:
         cli(standalone_mode=True)

@@ -150,6 +150,11 @@ class Tmux:
         """Send tmux key names (`Enter`, `Escape`, `C-c`, ...)."""
         self.command("send-keys", "-t", SESSION, *keys)
 
+    def resize(self, width: int, height: int) -> None:
+        """Resize the window (the program gets SIGWINCH), as a terminal resized by hand."""
+        self.command("resize-window", "-t", SESSION, "-x", str(width), "-y", str(height))
+        self.width, self.height = width, height
+
     def type_text(self, text: str) -> None:
         """Type `text` literally (no key names)."""
         self.command("send-keys", "-t", SESSION, "-l", text)
