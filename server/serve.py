@@ -223,9 +223,13 @@ class StaticTokenVerifier:
         return None
 
 
-def http_app(app: FleetMCP, token: str, options: HttpOptions, port: int) -> Any:
+def http_app(app: FleetMCP, token: str, options: HttpOptions, port: int, *, runs_dir: Path) -> Any:
+    """The Starlette app: MCP at /mcp, the dashboard (`dashboard.py`) at / with the same
+    token, Host and Origin rules; the dashboard is `.state.dashboard`."""
     from mcp.server.auth.settings import AuthSettings
     from mcp.server.transport_security import TransportSecuritySettings
+
+    from .dashboard import Dashboard
 
     hosts = list(options.allowed_hosts) or [
         f"{options.host}:*" if ":" not in options.host else f"[{options.host}]:*",
@@ -241,13 +245,19 @@ def http_app(app: FleetMCP, token: str, options: HttpOptions, port: int) -> Any:
     security = TransportSecuritySettings(
         enable_dns_rebinding_protection=True, allowed_hosts=hosts, allowed_origins=origins
     )
-    return app.server.streamable_http_app(
+    dashboard = Dashboard(
+        app.get_client, token, hosts=hosts, origins=origins, port=port, runs_dir=runs_dir
+    )
+    starlette = app.server.streamable_http_app(
         streamable_http_path="/mcp",
         host=options.host,
         transport_security=security,
         token_verifier=StaticTokenVerifier(token),
         auth=AuthSettings(issuer_url=f"http://127.0.0.1:{port}", resource_server_url=None),
+        custom_starlette_routes=dashboard.routes(),
     )
+    starlette.state.dashboard = dashboard
+    return starlette
 
 
 async def serve_http(
@@ -279,8 +289,9 @@ async def serve_http(
             yield
 
     async with fleet(home, env, embedded=embedded) as app:
+        starlette = http_app(app, token, options, port, runs_dir=home.root / "runs")
         config = uvicorn.Config(
-            http_app(app, token, options, port),
+            starlette,
             log_level="warning",
             lifespan="on",
             timeout_graceful_shutdown=3,
@@ -291,6 +302,7 @@ async def serve_http(
             with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
                 async for _ in signals:
                     server.should_exit = True
+                    starlette.state.dashboard.close()  # its event streams end now
                     return
 
         async with anyio.create_task_group() as tg:
@@ -300,6 +312,7 @@ async def serve_http(
                 while not server.started:
                     await anyio.sleep(0.01)
                 log.info("serving MCP on http://%s:%d/mcp", options.host, port)
+                log.info("dashboard on http://%s:%d/", options.host, port)
                 task_status.started(port)
 
             tg.start_soon(ready)
