@@ -8,9 +8,8 @@ alternate screen.
 The view follows the bus: it subscribes to `runner.*` and `channel` and fetches
 `runner.status` again when a runner message arrives (a burst costs one fetch). A
 one-second tick only advances elapsed times and re-reads the running runs' output lines
-(bounded tails, regular files only, in a worker thread); every few seconds a count-only
-`runner.status` (answered from memory, no SQLite) catches what no message reports, such
-as a freeze made by another client.
+(bounded tails, regular files only, in a worker thread). A freeze made by another client
+arrives as `runner.frozen`.
 
 Keys come from stdin in cbreak mode (no echo, no line editing, no signals from keys): f
 freeze, u unfreeze, up/down or j/k select, K then y kill, l or Enter open the log in
@@ -53,7 +52,6 @@ from fleetbus.plugins.runner.runs import duration_text
 MIN_WIDTH, MIN_HEIGHT = 60, 15  # below this the view says so instead of drawing
 TOPICS = ["runner.*", "channel"]
 TICK = 1.0  # elapsed times and output lines advance this often
-RESYNC = 5.0  # a count-only runner.status this often (changes no message reports)
 COALESCE = 0.1  # at most one runner.status fetch per this many seconds
 TAIL_BYTES = 4096  # read from the end of a run's log for its last line
 TAILED_RUNS = 50  # running runs whose output line is read
@@ -578,13 +576,6 @@ class Top:
         if logs:
             self.fleet.output.update(await anyio.to_thread.run_sync(read_last_lines, logs))
 
-    async def resync(self) -> None:
-        """A count-only status; a fetch when it differs from what the view shows."""
-        now = await self.status(limit=0)
-        shown = self.fleet.status
-        if shown is None or now.model_dump(exclude={"runs"}) != shown.model_dump(exclude={"runs"}):
-            self.wanted.set()
-
     async def watch_bus(self, messages: AsyncIterator[dict[str, Any]]) -> None:
         async for envelope in messages:
             topic = str(envelope.get("topic", ""))
@@ -605,13 +596,9 @@ class Top:
             await anyio.sleep(COALESCE)
 
     async def ticker(self) -> None:
-        last_sync = anyio.current_time()
         while True:
             await anyio.sleep(TICK)
             await self.read_outputs()
-            if anyio.current_time() - last_sync >= RESYNC:
-                last_sync = anyio.current_time()
-                await self.resync()
             self.redraw()
 
     async def perform(

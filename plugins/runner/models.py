@@ -166,6 +166,14 @@ class RunCompleted(RunEvent):
     question: str | None = None  # blocked: what the agent asked (at most 64 KiB)
 
 
+class DispatchFrozen(Message):
+    """Dispatch was frozen (`runner.stop`, or a kill of everything) or unfrozen
+    (`runner.start`): views redraw on it."""
+
+    topic: ClassVar[str] = "runner.frozen"
+    frozen: bool
+
+
 class QueueDrained(Message):
     topic: ClassVar[str] = "runner.queue_drained"
     started: int

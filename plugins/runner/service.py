@@ -27,6 +27,7 @@ from .config import AGENTS, DISPATCH
 from .followup import note_no_context
 from .launch import Launcher
 from .models import (
+    DispatchFrozen,
     DispatchInput,
     DispatchResult,
     FinishedRuns,
@@ -328,12 +329,17 @@ class Runner:
 
     # -- control -----------------------------------------------------------------------------
     async def unfreeze(self) -> StateResult:
-        self.state.frozen = False
+        self.set_frozen(False)
         return await self.drain_now()
 
     async def freeze(self) -> StateResult:
-        self.state.frozen = True
+        self.set_frozen(True)
         return self.state_result()
+
+    def set_frozen(self, frozen: bool) -> None:
+        if self.state.frozen != frozen:
+            self.state.frozen = frozen
+            self.hub.bus.publish(DispatchFrozen(frozen=frozen), events.fleet_context())
 
     async def drain_now(self) -> StateResult:
         async with self.state.lock:
@@ -353,7 +359,7 @@ class Runner:
         workspace = workspace_name(req.workspace, self.root, "runner.kill")
         async with self.state.lock:
             if everything:
-                self.state.frozen = True
+                self.set_frozen(True)
             await self.supervisor.starts_done()  # runs being spawned are killed too
             targets = [
                 a

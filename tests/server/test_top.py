@@ -181,6 +181,12 @@ def test_f_freezes_dispatch_and_u_unfreezes_it(home: Path, env: dict[str, str], 
         screen = expect(tmux, "Queue empty", "the queue did not empty")
         assert "FROZEN" not in screen, screen
 
+        # a freeze by another client shows at once: runner.frozen, not a poll
+        call(cli, "runner.stop", {})
+        expect(tmux, "FROZEN", "a freeze made elsewhere did not show")
+        call(cli, "runner.start", {})
+        expect(tmux, "dispatching", "an unfreeze made elsewhere did not show")
+
 
 @pytest.mark.slow
 def test_a_too_small_window_says_so_and_the_view_comes_back(

@@ -1045,3 +1045,14 @@ async def test_a_session_may_allow_more_than_one_run_at_once(home: Path) -> None
         runs = [await dispatch(hub, "sleep 60", "mc/w/1") for _ in range(3)]
         assert [r.status for r in runs] == ["running", "running", "queued"]
         assert runs[2].reason == "session busy"
+
+
+async def test_freezing_and_unfreezing_are_announced_once(home: Path) -> None:
+    async with runner_hub(home) as hub:
+        watch = Watch(hub, ["runner.frozen"])
+        await hub.bus.perform("runner.stop")
+        await hub.bus.perform("runner.stop")  # already frozen: nothing new to say
+        await hub.bus.perform("runner.start")
+        await hub.bus.perform("runner.kill", {})  # a kill of everything freezes too
+        await watch.wait(lambda e: len(watch.seen) >= 3)
+        assert [e.message.frozen for e in watch.seen] == [True, False, True]
