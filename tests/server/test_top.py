@@ -24,12 +24,12 @@ import pytest
 from rich.console import Console
 
 from fleetbus.plugins.runner.models import LaneInfo, RunInfo, RunStatus, StatusResult
-from fleetbus.server.top import (
+from fleetbus.server.top import parse_keys
+from fleetbus.server.topview import (
     MIN_HEIGHT,
     MIN_WIDTH,
     Fleet,
     last_line,
-    parse_keys,
     read_last_lines,
     render,
 )
