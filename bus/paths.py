@@ -27,9 +27,13 @@ def default_home(env: Mapping[str, str] = os.environ) -> Path:
 
 
 def _private_dir(path: Path, what: str) -> None:
-    """Create `path` with mode 0700, or check that an existing one is ours and private."""
+    """Create `path` with mode 0700, or check that an existing one is ours and private.
+    Missing parents are created 0700 too (`mkdir(parents=True)` would leave them open to
+    all: `fleetbus demo` made `$FLEETBUS_HOME` 0755 as the parent of its hub's home)."""
     try:
-        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        for parent in reversed([p for p in path.parents if not p.exists()]):
+            parent.mkdir(mode=0o700, exist_ok=True)
+        path.mkdir(mode=0o700, exist_ok=True)
         st = path.stat()
     except OSError as e:
         raise StartupError(f"cannot create {what} {path}: {e.strerror}") from e

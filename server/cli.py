@@ -6,7 +6,6 @@ Exit codes: 0 success; 1 the action refused or failed (the clear message on stde
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import signal
@@ -23,8 +22,8 @@ from fleetbus.bus.errors import BusError, unwrap_group
 from fleetbus.bus.paths import Home
 from fleetbus.bus.version import version
 
-from . import fastcli
-from .fastcli import CONNECTION_ERRORS, EXIT_FAILED, EXIT_USAGE, format_envelope
+from . import fastcli, people
+from .fastcli import CONNECTION_ERRORS, EXIT_FAILED, EXIT_USAGE
 
 T = TypeVar("T")
 
@@ -117,28 +116,8 @@ def call(
 @click.option("--exposed", is_flag=True, help="Only the actions exposed as MCP tools.")
 @pass_options
 def actions(opts: Options, as_json: bool, exposed: bool) -> None:
-    """List the hub's actions."""
-
-    async def go(client: Client) -> list[dict[str, Any]]:
-        return await client.actions(exposed_only=exposed)
-
-    items = opts.run(go)
-    if as_json:
-        print_json(items)
-        return
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table("action", "plugin", "flags", "description", box=None)
-    for a in items:
-        flags = ",".join(f for f in ("exposed", "mutating", "destructive") if a.get(f)) or "-"
-        table.add_row(
-            a["name"],
-            a["plugin"],
-            flags,
-            (a["description"] or "").splitlines()[0] if a["description"] else "",
-        )
-    Console().print(table)
+    """List the hub's actions with their whole descriptions."""
+    run_people(opts, people.Actions(exposed, as_json))
 
 
 @cli.command()
@@ -173,6 +152,7 @@ def plugins(opts: Options, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="One JSON envelope per line.")
 @click.option("--since", type=int, help="First replay recent messages after this sequence number.")
 @click.option("--max", "limit", type=int, help="Exit after this many messages.")
+@click.option("--follow", "-f", is_flag=True, help="When the hub goes away, wait for the next one.")
 @pass_options
 def tail(
     opts: Options,
@@ -181,22 +161,27 @@ def tail(
     as_json: bool,
     since: int | None,
     limit: int | None,
+    follow: bool,
 ) -> None:
-    """Print the hub's messages as they are published (Ctrl-C to stop)."""
-    wanted = list(topics) + (["channel"] if channels else [])
+    """Print the hub's messages as they are published.
+
+    One line each with its sequence number (for --since); exit 2 when the hub goes away,
+    unless --follow (Ctrl-C to stop)."""
+    if not opts.embedded:
+        sys.exit(
+            fastcli.execute(opts.env, fastcli.Tail(channels, topics, as_json, since, limit, follow))
+        )
+    view = people.TailView(topics, channels, as_json)
 
     async def go(client: Client) -> None:
         count = 0
-        async with client.subscribe(wanted or None, since=since) as messages:
+        async with client.subscribe(view.topics or None, since=since) as messages:
             click.echo(fastcli.LISTENING, err=True)
             async for env in messages:
-                if (
-                    channels
-                    and env.get("topic") == "channel"
-                    and env["data"].get("channel") not in channels
-                ):
+                text = view.line(env)
+                if text is None:
                     continue
-                click.echo(json.dumps(env, default=str) if as_json else format_envelope(env))
+                click.echo(text)
                 count += 1
                 if limit is not None and count >= limit:
                     return
@@ -209,6 +194,169 @@ def tail(
 def stop(opts: Options) -> None:
     """Ask the running hub of this home to stop (its agents are left running)."""
     fastcli.stop(opts.home)
+
+
+# -- commands for people (server/people.py; fastcli runs the same code without click) --------
+class EmbeddedLink:
+    """A `people.Link` to the hub in this process (`--embedded`), for a command that runs
+    in a worker thread."""
+
+    def __init__(self, client: Client) -> None:
+        self.client = client
+
+    def perform(self, action: str, payload: dict[str, Any]) -> Any:
+        return anyio.from_thread.run(self.client.perform, action, payload)
+
+    def actions(self, exposed_only: bool) -> list[dict[str, Any]]:
+        async def go() -> list[dict[str, Any]]:
+            return await self.client.actions(exposed_only=exposed_only)
+
+        return anyio.from_thread.run(go)
+
+
+def run_people(opts: Options, cmd: people.PeopleCommand) -> NoReturn:
+    if not opts.embedded:
+        sys.exit(fastcli.execute(opts.env, cmd))
+
+    async def go(client: Client) -> int:
+        link = EmbeddedLink(client)
+        return await anyio.to_thread.run_sync(fastcli.outcome, lambda: people.execute(link, cmd))
+
+    sys.exit(opts.run(go))
+
+
+JSON_HELP = "Print the hub's answer as JSON."
+
+
+@cli.command()
+@click.option("--agent", help="Only runs of this agent.")
+@click.option("--status", type=click.Choice(people.RUN_STATUSES), help="Only runs in this state.")
+@click.option("--workspace", help="Only runs of this workspace.")
+@click.option("--limit", type=int, default=20, show_default=True, help="How many runs to list.")
+@click.option("--json", "as_json", is_flag=True, help=JSON_HELP)
+@pass_options
+def status(
+    opts: Options,
+    agent: str | None,
+    status: str | None,
+    workspace: str | None,
+    limit: int,
+    as_json: bool,
+) -> None:
+    """Show lanes, the queue and the newest runs.
+
+    Frozen or not, pools backing off, lanes of installed agents, why queued runs wait, and
+    the newest runs with their times, exit codes, tokens, cost and questions."""
+    run_people(opts, people.Status(agent, status, workspace, limit, as_json))
+
+
+@cli.command()
+@click.argument("run_id")
+@click.option("--follow", "-f", is_flag=True, help="Follow the output until the run ends.")
+@click.option("--json", "as_json", is_flag=True, help="The run and its output as JSON.")
+@pass_options
+def logs(opts: Options, run_id: str, follow: bool, as_json: bool) -> None:
+    """Print a run's output (its last 4 MiB)."""
+    run_people(opts, people.Logs(run_id, follow, as_json))
+
+
+@cli.command()
+@click.argument("agent")
+@click.argument("workspace")
+@click.argument("prompt", nargs=-1, required=True)
+@click.option("--priority", type=click.Choice(people.PRIORITIES), help="Queue order.")
+@click.option(
+    "--mode",
+    type=click.Choice(people.SESSION_MODES),
+    help="When the workspace has an active run: wait, run after it, or interrupt it.",
+)
+@click.option("--model", help="Model for the agent; its default when omitted.")
+@click.option("--json", "as_json", is_flag=True, help=JSON_HELP)
+@pass_options
+def dispatch(
+    opts: Options,
+    agent: str,
+    workspace: str,
+    prompt: tuple[str, ...],
+    priority: str | None,
+    mode: str | None,
+    model: str | None,
+    as_json: bool,
+) -> None:
+    """Run an agent on a prompt in a workspace.
+
+    PROMPT's words are joined by spaces; `-` reads the prompt from stdin."""
+    run_people(opts, people.Dispatch(agent, workspace, prompt, priority, mode, model, as_json))
+
+
+@cli.command()
+@click.argument("run_id", required=False)
+@click.option("--agent", help="Every running or queued run of this agent.")
+@click.option("--workspace", help="This workspace's active run and its waiting prompts.")
+@click.option("--all", "everything", is_flag=True, help="Every run, and freeze dispatch.")
+@click.option("--json", "as_json", is_flag=True, help=JSON_HELP)
+@pass_options
+def kill(
+    opts: Options,
+    run_id: str | None,
+    agent: str | None,
+    workspace: str | None,
+    everything: bool,
+    as_json: bool,
+) -> None:
+    """Kill runs, or cancel queued ones.
+
+    Give exactly one of RUN_ID, --agent, --workspace or --all."""
+    run_people(opts, people.Kill(run_id, agent, workspace, everything, as_json))
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help=JSON_HELP)
+@pass_options
+def freeze(opts: Options, as_json: bool) -> None:
+    """Freeze dispatch: running runs go on, nothing new starts."""
+    run_people(opts, people.Freeze(as_json))
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help=JSON_HELP)
+@pass_options
+def unfreeze(opts: Options, as_json: bool) -> None:
+    """Unfreeze dispatch: queued runs that fit start."""
+    run_people(opts, people.Unfreeze(as_json))
+
+
+@cli.command()
+@click.option("--status", type=click.Choice(people.TASK_STATUSES), help="Only tasks in this state.")
+@click.option("--limit", type=int, default=20, show_default=True, help="How many tasks to list.")
+@click.option("--json", "as_json", is_flag=True, help=JSON_HELP)
+@pass_options
+def tasks(opts: Options, status: str | None, limit: int, as_json: bool) -> None:
+    """List the agentic coding tasks, newest first."""
+    run_people(opts, people.Tasks(status, limit, as_json))
+
+
+@cli.command()
+@click.argument("task_id")
+@click.option("--json", "as_json", is_flag=True, help=JSON_HELP)
+@pass_options
+def task(opts: Options, task_id: str, as_json: bool) -> None:
+    """Show one agentic task in detail.
+
+    Status, agent, branch, runs, question and answer, and the end of its output."""
+    run_people(opts, people.Task(task_id, as_json))
+
+
+@cli.command()
+@click.argument("task_id")
+@click.argument("text", nargs=-1, required=True)
+@click.option("--json", "as_json", is_flag=True, help=JSON_HELP)
+@pass_options
+def answer(opts: Options, task_id: str, text: tuple[str, ...], as_json: bool) -> None:
+    """Answer a blocked task's question.
+
+    TEXT's words are joined by spaces (`-` reads stdin); a new run goes on with it."""
+    run_people(opts, people.Answer(task_id, text, as_json))
 
 
 @cli.command()

@@ -186,3 +186,4 @@ async def _tour(console: Console, hub: Hub, client: LocalClient) -> None:
             console.print(f"  {type(e).__name__}: {e}")
     unsubscribe()
     console.print(f"\n[green]demo finished[/]: runs, logs and state are kept in {hub.home.root}")
+    console.print(f"  see them again: fleetbus --home {escape(str(hub.home.root))} status")

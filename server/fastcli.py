@@ -1,7 +1,8 @@
-"""`fleetbus call`, `tail` and `stop` without the full CLI: stdlib only.
+"""`fleetbus call`, `tail`, `stop` and the commands for people (`status`, `logs`,
+`dispatch`, `kill`, ... in people.py) without the full CLI: stdlib only.
 
-Why it exists: these commands run most often, by scripts and by every agent (an agent
-reports with `fleetbus call ...`), each in a new process. The full CLI imports click and
+Why it exists: these commands run most often, by scripts, by every agent (an agent
+reports with `fleetbus call ...`) and by the person watching, each in a new process. The full CLI imports click and
 its hub client anyio and pydantic, which took ten times as long as the request itself.
 Here the arguments are parsed by hand and the hub is reached with the blocking,
 stdlib-only `BlockingClient`; `-X importtime` shows what is left.
@@ -21,14 +22,17 @@ import re
 import stat
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from contextlib import suppress
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, Union
 
 from fleetbus.bus.blockingclient import BlockingClient
 from fleetbus.bus.errors import BusError, ConfigError, ConnectionFailed, StartupError
 from fleetbus.bus.paths import Home
+
+if TYPE_CHECKING:
+    from .people import PeopleCommand
 
 EXIT_FAILED = 1  # the action refused or failed
 EXIT_USAGE = 2  # usage, configuration or connection errors
@@ -80,14 +84,6 @@ def json_input(text: str | None, what: str) -> Any:
         ) from None
 
 
-def format_envelope(env: dict[str, Any]) -> str:
-    stamp = time.strftime("%H:%M:%S", time.localtime(env.get("ts", time.time())))
-    data = env.get("data", {})
-    if env.get("topic") == "channel":
-        return f"{stamp} [{data.get('channel')}] {data.get('content')}"
-    return f"{stamp} {env.get('topic')} {json.dumps(data, default=str)}"
-
-
 def stop(home: Home) -> int:
     """Ask the running hub of `home` to stop and wait until its process is gone."""
     try:
@@ -133,13 +129,14 @@ class Tail(NamedTuple):
     as_json: bool
     since: int | None
     limit: int | None
+    follow: bool = False
 
 
 class Stop(NamedTuple):
     pass
 
 
-Command = Call | Tail | Stop
+Command = Union[Call, Tail, Stop, "PeopleCommand"]  # a forward reference: people imports us
 
 
 def connect(home: Home, env: Mapping[str, str]) -> BlockingClient:
@@ -167,55 +164,22 @@ def call(client: BlockingClient, cmd: Call, payload: Any) -> Any:
     return client.call("perform", params)
 
 
-def tail(client: BlockingClient, cmd: Tail) -> None:
-    wanted = list(cmd.topics) + (["channel"] if cmd.channels else [])
-    params: dict[str, Any] = {"topics": wanted or None, "buffer": 1024}  # as HubClient's
-    if cmd.since is not None:
-        params["since"] = cmd.since
-    sid = str(client.call("subscribe", params, timeout=SUBSCRIBE_TIMEOUT)["subscription"])
-    echo(LISTENING, err=True)
-    count = 0
-    for note in client.notifications():
-        env = note.get("params", {})
-        if str(env.get("subscription")) != sid:
-            continue
-        if (
-            cmd.channels
-            and env.get("topic") == "channel"
-            and env["data"].get("channel") not in cmd.channels
-        ):
-            continue
-        echo(json.dumps(env, default=str) if cmd.as_json else format_envelope(env))
-        count += 1
-        if cmd.limit is not None and count >= cmd.limit:
-            return
-
-
 def run(home_option: Path | None, cmd: Command) -> int:
     """Run a parsed command; its exit status."""
+    env = dict(os.environ)
+    if home_option is not None:
+        env["FLEETBUS_HOME"] = str(home_option)
+    return execute(env, cmd)
+
+
+def execute(env: Mapping[str, str], cmd: Command) -> int:
+    """Run a command for the home of `env`; its exit status (the click CLI runs the
+    people's commands here too)."""
     try:
-        env = dict(os.environ)
-        if home_option is not None:
-            env["FLEETBUS_HOME"] = str(home_option)
         home = Home.from_env(env)
         if isinstance(cmd, Stop):
             return stop(home)
-        try:
-            if isinstance(cmd, Call):
-                payload = json_input(cmd.input_json, f"fleetbus call {cmd.name}")
-                with connect(home, env) as client:
-                    result = call(client, cmd, payload)
-                echo(json_text(result))
-            else:
-                with connect(home, env) as client:
-                    tail(client, cmd)
-        except UsageError as e:
-            return error(str(e), EXIT_USAGE)
-        except CONNECTION_ERRORS as e:
-            return error(e.message, EXIT_USAGE)
-        except BusError as e:
-            return error(e.message, EXIT_FAILED)
-        return 0
+        return outcome(lambda: perform(home, env, cmd))
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
     except BusError as e:
@@ -227,6 +191,34 @@ def run(home_option: Path | None, cmd: Command) -> int:
             f"internal error: {type(e).__name__}: {e} (set FLEETBUS_DEBUG=1 for the traceback)",
             EXIT_USAGE,
         )
+
+
+def perform(home: Home, env: Mapping[str, str], cmd: Command) -> int:
+    from . import people
+
+    if isinstance(cmd, Call):
+        payload = json_input(cmd.input_json, f"fleetbus call {cmd.name}")
+        with connect(home, env) as client:
+            result = call(client, cmd, payload)
+        echo(json_text(result))
+        return 0
+    if isinstance(cmd, Tail):
+        return people.tail(home, env, cmd)
+    assert not isinstance(cmd, Stop)
+    with connect(home, env) as client:
+        return people.execute(people.BlockingLink(client), cmd)
+
+
+def outcome(fn: Callable[[], int]) -> int:
+    """`fn()`'s exit status; an error it raises is one line on stderr and its exit code."""
+    try:
+        return fn()
+    except UsageError as e:
+        return error(str(e), EXIT_USAGE)
+    except CONNECTION_ERRORS as e:
+        return error(e.message, EXIT_USAGE)
+    except BusError as e:
+        return error(e.message, EXIT_FAILED)
 
 
 def error(message: str, code: int) -> int:
@@ -283,7 +275,7 @@ def command(name: str, args: list[str]) -> Command:
         )
     if name == "tail":
         valued = {"--channel", "--topic", "--since", "--max"}
-        opts, positional = options(args, flags={"--json"}, valued=valued)
+        opts, positional = options(args, flags={"--json", "--follow", "-f"}, valued=valued)
         if positional:
             raise ValueError("tail takes no arguments")
         since, limit = opts.get("--since"), opts.get("--max")
@@ -293,11 +285,100 @@ def command(name: str, args: list[str]) -> Command:
             "--json" in opts,
             int(since[-1]) if since else None,
             int(limit[-1]) if limit else None,
+            "--follow" in opts or "-f" in opts,
         )
     if name == "stop":
         if args:
             raise ValueError("stop takes no arguments")
         return Stop()
+    return people_command(name, args)
+
+
+def people_command(name: str, args: list[str]) -> PeopleCommand:
+    """A command of people.py, read as its click definition in cli.py reads it."""
+    from . import people as p
+
+    def last(opts: dict[str, list[str]], name: str, choices: tuple[str, ...] = ()) -> str | None:
+        values = opts.get(name)
+        if values and choices and values[-1] not in choices:
+            raise ValueError(f"{name}: not one of {choices}")
+        return values[-1] if values else None
+
+    def number(opts: dict[str, list[str]], name: str, default: int) -> int:
+        value = last(opts, name)
+        return default if value is None else int(value)  # ValueError: click says why
+
+    def exactly(positional: list[str], n: int) -> list[str]:
+        if len(positional) != n:
+            raise ValueError(f"{name} takes {n} argument(s)")
+        return positional
+
+    json_flag = {"--json"}
+    if name == "status":
+        valued = {"--agent", "--status", "--workspace", "--limit"}
+        opts, positional = options(args, flags=json_flag, valued=valued)
+        exactly(positional, 0)
+        return p.Status(
+            last(opts, "--agent"),
+            last(opts, "--status", p.RUN_STATUSES),
+            last(opts, "--workspace"),
+            number(opts, "--limit", 20),
+            "--json" in opts,
+        )
+    if name == "logs":
+        opts, positional = options(args, flags={"--json", "--follow", "-f"}, valued=set())
+        (run_id,) = exactly(positional, 1)
+        return p.Logs(run_id, "--follow" in opts or "-f" in opts, "--json" in opts)
+    if name == "dispatch":
+        valued = {"--priority", "--mode", "--model"}
+        opts, positional = options(args, flags=json_flag, valued=valued)
+        if len(positional) < 3:
+            raise ValueError("dispatch takes AGENT WORKSPACE PROMPT...")
+        return p.Dispatch(
+            positional[0],
+            positional[1],
+            tuple(positional[2:]),
+            last(opts, "--priority", p.PRIORITIES),
+            last(opts, "--mode", p.SESSION_MODES),
+            last(opts, "--model"),
+            "--json" in opts,
+        )
+    if name == "kill":
+        opts, positional = options(
+            args, flags={"--json", "--all"}, valued={"--agent", "--workspace"}
+        )
+        if len(positional) > 1:
+            raise ValueError("kill takes one RUN_ID at most")
+        return p.Kill(
+            positional[0] if positional else None,
+            last(opts, "--agent"),
+            last(opts, "--workspace"),
+            "--all" in opts,
+            "--json" in opts,
+        )
+    if name in ("freeze", "unfreeze"):
+        opts, positional = options(args, flags=json_flag, valued=set())
+        exactly(positional, 0)
+        return (p.Freeze if name == "freeze" else p.Unfreeze)("--json" in opts)
+    if name == "tasks":
+        opts, positional = options(args, flags=json_flag, valued={"--status", "--limit"})
+        exactly(positional, 0)
+        return p.Tasks(
+            last(opts, "--status", p.TASK_STATUSES), number(opts, "--limit", 20), "--json" in opts
+        )
+    if name == "task":
+        opts, positional = options(args, flags=json_flag, valued=set())
+        (task_id,) = exactly(positional, 1)
+        return p.Task(task_id, "--json" in opts)
+    if name == "answer":
+        opts, positional = options(args, flags=json_flag, valued=set())
+        if len(positional) < 2:
+            raise ValueError("answer takes TASK_ID TEXT...")
+        return p.Answer(positional[0], tuple(positional[1:]), "--json" in opts)
+    if name == "actions":
+        opts, positional = options(args, flags={"--json", "--exposed"}, valued=set())
+        exactly(positional, 0)
+        return p.Actions("--exposed" in opts, "--json" in opts)
     raise ValueError(f"not a command run here: {name}")
 
 

@@ -1,7 +1,8 @@
 """The `fleetbus` command's entry point: `fleetbus serve` (stdio) goes straight to the
-stdlib-only relay, so an MCP client gets its `initialize` answer at once; `call`, `tail`
-and `stop` go to the stdlib-only `fastcli` when it understands their arguments; every
-other command loads the full CLI."""
+stdlib-only relay, so an MCP client gets its `initialize` answer at once; `call`, `tail`,
+`stop` and the commands for people (`status`, `logs`, `dispatch`, `kill`, `freeze`,
+`unfreeze`, `tasks`, `task`, `answer`, `actions`) go to the stdlib-only `fastcli` when it
+understands their arguments; every other command loads the full CLI."""
 
 from __future__ import annotations
 

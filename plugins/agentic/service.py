@@ -26,7 +26,6 @@ import json
 import logging
 import math
 import secrets
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,7 +38,7 @@ from fleetbus.bus.errors import BusError
 from fleetbus.bus.hub import Hub
 from fleetbus.plugins.runner.clock import clock_for
 from fleetbus.plugins.runner.config import AGENTS, DISPATCH
-from fleetbus.plugins.runner.validation import path_of, which
+from fleetbus.plugins.runner.validation import installed
 from fleetbus.plugins.runner.workspaces import BadWorkspace, normalize
 
 from . import allowance, git, prompt, worktree
@@ -343,11 +342,8 @@ class Agentic:
 
     def installed(self, agent: str) -> bool:
         """Whether the agent's program is on PATH: an agent that cannot run is not routed to."""
-        try:
-            argv = self.agents[agent].render("x", "x", str(self.root), None, sys.executable)
-        except (KeyError, ValueError):
-            return False
-        return bool(argv) and which(argv[0], path_of(self.hub.env)) is not None
+        spec = self.agents.get(agent)
+        return spec is not None and installed(spec, self.hub.env, self.root)
 
     def choose(self, agent: str | None, labels: list[str], priority: str) -> str:
         """The agent named, checked, or the one routing would pick now (loads are counted

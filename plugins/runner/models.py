@@ -96,6 +96,9 @@ class RunInfo(BaseModel):
 class LaneInfo(BaseModel):
     running: int
     limit: int | None
+    installed: bool | None = Field(
+        None, description="Whether the agent's program is on the hub's PATH (total: null)."
+    )
 
 
 class StatusResult(BaseModel):

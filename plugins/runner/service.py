@@ -47,7 +47,7 @@ from .sessions import Decision, Enqueue, Merge, Prompt, Refuse, SessionPolicy, S
 from .state import RunnerState
 from .status import run_info, runner_status, workspaces
 from .supervisor import Supervisor
-from .validation import agent_spec, check_and_create, new_row, path_of, workspace_name
+from .validation import agent_spec, check_and_create, installed, new_row, path_of, workspace_name
 
 if TYPE_CHECKING:
     from fleetbus.bus.hub import Hub
@@ -397,6 +397,9 @@ class Runner:
             req.limit,
             why_queued=self.scheduler.why_queued,
             now=self.clock.now(),
+            installed={
+                a: installed(s, self.hub.env, self.root) for a, s in self.state.agents.items()
+            },
         )
 
     async def finished(self, q: FinishedRuns) -> list[RunInfo]:

@@ -62,6 +62,7 @@ async def runner_status(
     *,
     why_queued: Callable[[dict[str, Any]], str],
     now: float,
+    installed: Mapping[str, bool] | None = None,
 ) -> StatusResult:
     """Counts by status, frozen, lanes, backoff, and the newest `limit` runs matching."""
     counts: Mapping[str, int]
@@ -101,7 +102,10 @@ async def runner_status(
         total=sum(counts.values()),
         frozen=state.frozen,
         lanes={
-            name: LaneInfo(running=n, limit=cap) for name, (n, cap) in state.lanes.info().items()
+            name: LaneInfo(
+                running=n, limit=cap, installed=(installed or {}).get(name.split(":", 1)[0])
+            )
+            for name, (n, cap) in state.lanes.info().items()
         },
         backoff={
             name: f"until {hhmm(p.backoff_until)} UTC: {p.backoff_reason}"

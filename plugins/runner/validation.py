@@ -130,6 +130,16 @@ def check_dispatch(
     return Checked(spec, model, name, path, limit)
 
 
+def installed(spec: AgentSpec, env: Mapping[str, str], root: Path) -> bool:
+    """Whether the agent's program is on the PATH of `env` (a program installed later is
+    found on the next call)."""
+    try:
+        argv = spec.render("x", "x", str(root), None, sys.executable)
+    except ValueError:
+        return False
+    return bool(argv) and which(argv[0], path_of(env)) is not None
+
+
 def path_of(env: Mapping[str, str]) -> str:
     return env.get("PATH", os.defpath)
 
