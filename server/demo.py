@@ -8,6 +8,7 @@ SQLite, and shows the one-line errors a caller gets for bad input.
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -74,7 +75,8 @@ class DemoPlugin:
 
 
 async def run_demo(home: Path, env: Mapping[str, str]) -> None:
-    console = Console(highlight=False)
+    # piped, rich would wrap every line at 80 columns: let lines be as long as they are
+    console = Console(highlight=False, soft_wrap=not sys.stdout.isatty())
     hub = Hub(home, inline=[("demo", DemoPlugin())], env=env, idle_timeout=0)
     with unwrap_group():
         async with anyio.create_task_group() as tg:

@@ -487,6 +487,9 @@ def test_demo_leaves_a_private_home(tmp_path: Path, env: dict[str, str]) -> None
     assert proc.returncode == 0, proc.stderr
     assert stat.S_IMODE(home.stat().st_mode) == 0o700
     assert stat.S_IMODE((home / "demo").stat().st_mode) == 0o700
+    # piped, its lines are not wrapped at 80 columns: the actions line is whole
+    actions = next(line for line in proc.stdout.splitlines() if "actions:" in line)
+    assert len(actions) > 80 and "runner.dispatch" in actions, actions
 
 
 # -- fast to start, and the same through both CLIs ------------------------------------------------
