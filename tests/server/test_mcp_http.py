@@ -10,16 +10,9 @@ is stopped by the `home` fixture.
 from __future__ import annotations
 
 import os
-import queue
-import re
-import signal
-import socket
 import stat
 import subprocess
-import threading
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,8 +25,8 @@ from mcp.client.streamable_http import streamable_http_client
 from pydantic import BaseModel
 
 from fleetbus.bus.paths import Home
-from fleetbus.testing.hub import cli_command
 from fleetbus.testing.processes import one_line_error, reap_runs
+from fleetbus.testing.serving import free_port, serve_http
 
 pytestmark = pytest.mark.anyio
 
@@ -61,76 +54,6 @@ HEADERS = {"Accept": "application/json, text/event-stream", "Content-Type": "app
 
 
 # -- helpers ----------------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-@dataclass
-class Served:
-    proc: subprocess.Popen[str]
-    port: int
-    stderr: list[str] = field(default_factory=list)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/mcp"
-
-
-@contextmanager
-def serve_http(env: dict[str, str], *args: str, timeout: float = 30) -> Iterator[Served]:
-    """`fleetbus serve --http --port N ARGS`, yielded once it listens; stopped after."""
-    port = free_port()
-    proc = subprocess.Popen(
-        cli_command("serve", "--http", "--port", str(port), *args),
-        env={**env, "FLEETBUS_LOG_LEVEL": "INFO"},
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-    served = Served(proc, port)
-    lines: queue.Queue[str | None] = queue.Queue()
-
-    def pump() -> None:
-        assert proc.stderr is not None
-        for line in proc.stderr:
-            served.stderr.append(line)
-            lines.put(line)
-        lines.put(None)
-
-    reader = threading.Thread(target=pump, daemon=True)
-    reader.start()
-    try:
-        ready = re.compile(rf"serving MCP on http://127\.0\.0\.1:{port}/mcp")
-        while True:
-            try:
-                line = lines.get(timeout=timeout)
-            except queue.Empty:
-                raise AssertionError(
-                    f"`fleetbus serve --http` not ready in {timeout}s:\n{''.join(served.stderr)}"
-                ) from None
-            if line is None:
-                raise AssertionError(
-                    f"`fleetbus serve --http` exited {proc.wait()}:\n{''.join(served.stderr)}"
-                )
-            if ready.search(line):
-                break
-        yield served
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
-        reader.join(10)
-        if proc.stderr is not None:
-            proc.stderr.close()
 
 
 async def post_initialize(url: str, **headers: str) -> httpx2.Response:

@@ -29,19 +29,10 @@ from fleetbus.server import fastcli, people
 from fleetbus.testing.hub import cli_command
 from fleetbus.testing.processes import end_process, one_line_error, reap_runs, wait_for
 from fleetbus.testing.pytest_plugin import CLI
+from fleetbus.testing.startup import CLICK, run_loaded
 
 DEADLINE = 30.0
 RUN = re.compile(r"^run (r[0-9a-f]+) (running|queued)\b")
-HEAVY = ("pydantic", "anyio", "click", "mcp", "sqlite_utils", "rich", "fleetbus.server.cli")
-# `fleetbus ARGS`, writing to the file $FLEETBUS_TEST_MODULES the modules it loaded
-LOADED = """
-import atexit, json, os, sys
-atexit.register(lambda: open(os.environ["FLEETBUS_TEST_MODULES"], "w").write(json.dumps(sorted(sys.modules))))
-sys.argv[0] = "fleetbus"
-from fleetbus.server.main import main
-main()
-"""
-CLICK = "import sys; sys.argv[0] = 'fleetbus'; from fleetbus.server.cli import main; main()"
 
 
 @pytest.fixture(autouse=True)
@@ -495,17 +486,8 @@ def test_demo_leaves_a_private_home(tmp_path: Path, env: dict[str, str]) -> None
 # -- fast to start, and the same through both CLIs ------------------------------------------------
 def loaded(tmp_path: Path, env: dict[str, str], *args: str) -> tuple[int, list[str]]:
     """(exit status, heavy modules loaded) of `fleetbus ARGS`."""
-    record = tmp_path / "modules.json"
-    proc = subprocess.run(
-        [sys.executable, "-c", LOADED, *args],
-        env={**env, "FLEETBUS_TEST_MODULES": str(record)},
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    modules = json.loads(record.read_text())
-    return proc.returncode, [m for m in modules if m.split(".")[0] in HEAVY or m in HEAVY]
+    proc, heavy = run_loaded(tmp_path, env, *args)
+    return proc.returncode, heavy
 
 
 @pytest.mark.slow

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from fleetbus.testing.nats import free_port
 from fleetbus.testing.processes import reap_runs
+from fleetbus.testing.serving import free_port
 
 pytestmark = pytest.mark.slow
 

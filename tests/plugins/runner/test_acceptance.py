@@ -142,7 +142,11 @@ def user(home: Path, env: dict[str, str], cli: Cli) -> Iterator[Cli]:
 def test_six_dispatches_never_run_more_than_the_lane_and_all_complete(
     user: Cli, home: Path, env: dict[str, str]
 ) -> None:
-    assert status(user)["lanes"]["sleepy"] == {"running": 0, "limit": 2}  # autostarts the hub
+    assert status(user)["lanes"]["sleepy"] == {
+        "running": 0,
+        "limit": 2,
+        "installed": True,
+    }  # autostarts
     with Watcher(home, "sleepy") as watch:
         # six terminals dispatching at once
         procs = [
