@@ -12,12 +12,12 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from fleetbus.testing.processes import reap_runs
+from fleetbus.testing.processes import reap_runs, wait_for
 from fleetbus.testing.serving import free_port
 
 pytestmark = pytest.mark.slow
@@ -56,8 +56,9 @@ def test_the_readmes_fleet_commands_work_as_written(tmp_path: Path) -> None:
         dispatched = json.loads(out[: out.index("}") + 1])
         assert dispatched["status"] == "queued", out
         a_env = {**env, "FLEETBUS_HOME": str(tmp_path / "fleet" / "a")}
-        deadline = time.monotonic() + 60
-        while True:
+        tasks: list[dict[str, Any]] = []
+
+        def completed() -> bool:
             listed = subprocess.run(
                 [sys.executable, "-m", "fleetbus.server", "call", "fleet.tasks"],
                 env=a_env,
@@ -65,11 +66,10 @@ def test_the_readmes_fleet_commands_work_as_written(tmp_path: Path) -> None:
                 text=True,
                 check=True,
             )
-            tasks = json.loads(listed.stdout)["tasks"]
-            if tasks and tasks[0]["status"] == "completed":
-                break
-            assert time.monotonic() < deadline, tasks
-            time.sleep(0.1)
+            tasks[:] = json.loads(listed.stdout)["tasks"]
+            return bool(tasks) and tasks[0]["status"] == "completed"
+
+        assert wait_for(completed, 60), tasks
         assert tasks[0]["task_id"] == dispatched["task_id"]
         assert tasks[0]["node"] in ("a", "b", "c")
         stopped = subprocess.run(
