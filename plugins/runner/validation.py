@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import sys
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,9 @@ from .runs import MAX_ARG_PROMPT, new_run_id
 from .workspaces import BadWorkspace, normalize, resolve
 
 _FOUND: dict[tuple[str, str], str] = {}
+_MISSING: dict[tuple[str, str], float] = {}  # (program, PATH) -> when it was not found
+MISSING_TTL = 2.0  # seconds `installed` trusts that a program is still missing
+_PROGRAMS: dict[tuple[str, str], str | None] = {}  # (command's first word, root) -> program
 
 
 def which(program: str, path: str) -> str | None:
@@ -132,12 +136,27 @@ def check_dispatch(
 
 def installed(spec: AgentSpec, env: Mapping[str, str], root: Path) -> bool:
     """Whether the agent's program is on the PATH of `env` (a program installed later is
-    found on the next call)."""
-    try:
-        argv = spec.render("x", "x", str(root), None, sys.executable)
-    except ValueError:
+    found on the next call). `runner.status` asks it for every agent on every call, so
+    the program's name is worked out once per command template."""
+    key = (spec.command[0] if spec.command else "", str(root))
+    program = _PROGRAMS.get(key, "")
+    if program == "":
+        try:
+            argv = spec.render("x", "x", str(root), None, sys.executable)
+        except ValueError:
+            argv = []
+        program = _PROGRAMS[key] = argv[0] if argv else None
+    if program is None:
         return False
-    return bool(argv) and which(argv[0], path_of(env)) is not None
+    path = path_of(env)
+    missing_since = _MISSING.get((program, path))
+    if missing_since is not None and time.monotonic() - missing_since < MISSING_TTL:
+        return False  # looked for a moment ago (shutil.which stats every PATH entry)
+    if which(program, path) is not None:
+        _MISSING.pop((program, path), None)
+        return True
+    _MISSING[(program, path)] = time.monotonic()
+    return False
 
 
 def path_of(env: Mapping[str, str]) -> str:
