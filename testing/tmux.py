@@ -132,10 +132,11 @@ class Tmux:
         `timeout` seconds or once the program has exited."""
         deadline = time.monotonic() + timeout
         while True:
+            exited = self.exited()  # asked first: what it printed before exiting is read next
             screen = self.screen()
             if check(screen):
                 return screen
-            if time.monotonic() >= deadline or self.exited():
+            if exited or time.monotonic() >= deadline:
                 return None
             time.sleep(0.05)
 
