@@ -32,6 +32,7 @@ import anyio.abc
 from fleetbus.bus import ChannelPush, Context, Message
 
 from .models import TERMINAL, FleetRemote, FleetTask, FleetTaskEnded, FleetTaskStarted
+from .transport import Transport
 
 if TYPE_CHECKING:
     from .service import Fleet
@@ -50,7 +51,7 @@ class Origin:
         self.mirror_sub: Any = None  # our subscription to theirs, while someone follows
 
     @property
-    def t(self) -> Any:
+    def t(self) -> Transport:
         assert self.fleet.transport is not None
         return self.fleet.transport
 

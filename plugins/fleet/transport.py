@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -395,7 +395,7 @@ class Transport:
         return [_delivery(m) for m in msgs]
 
     async def take_tasks(
-        self, lane: str, n: int, priorities: Sequence[str] = PRIORITIES
+        self, lane: str, n: int, priorities: Collection[str] = PRIORITIES
     ) -> tuple[list[Delivery], list[str]]:
         """Up to `n` tasks waiting in `lane`, highest priority first, oldest first, looking
         only at `priorities`; also the priorities found empty."""
@@ -462,6 +462,16 @@ class Transport:
                 await handler(node, msg.data)
 
         return await self._nc().subscribe(f"{self.prefix}.bus.*", cb=cb)
+
+    async def nudge(self, lane: str, priority: str) -> None:
+        """Tell every hub that `lane` has new work of `priority` (core NATS: a hint only)."""
+        await self._nc().publish(f"{self.prefix}.nudge.{lane}", priority.encode())
+
+    async def on_nudge(self, handler: Callable[[str, str], None]) -> None:
+        async def cb(msg: Msg) -> None:
+            handler(msg.subject.rsplit(".", 1)[-1], msg.data.decode(errors="replace"))
+
+        await self._nc().subscribe(f"{self.prefix}.nudge.*", cb=cb)
 
     async def follow(self) -> None:
         """Ask every hub to mirror its messages for a while."""

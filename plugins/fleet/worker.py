@@ -40,7 +40,7 @@ from fleetbus.plugins.agentic.models import TaskEnded
 from fleetbus.plugins.runner.models import FreeSlots, RunCompleted, RunStarted
 
 from .models import AnyTask, FleetTask, parse_task
-from .transport import PRIORITIES, Delivery, FleetError
+from .transport import PRIORITIES, Delivery, FleetError, Transport
 
 if TYPE_CHECKING:
     from .service import Fleet
@@ -114,7 +114,7 @@ class Worker:
         ](math.inf)
 
     @property
-    def t(self) -> Any:
+    def t(self) -> Transport:
         assert self.fleet.transport is not None
         return self.fleet.transport
 
@@ -130,14 +130,13 @@ class Worker:
         tg.start_soon(self._listen_nudges, name="fleet nudges")
 
     async def _listen_nudges(self) -> None:
-        async def on(msg: Any) -> None:
-            lane = msg.subject.rsplit(".", 1)[-1]
-            if lane in self.maybe:
-                priority = msg.data.decode(errors="replace")
-                self.maybe[lane].update([priority] if priority in PRIORITIES else PRIORITIES)
-                self.poke(lane)
+        await self.t.on_nudge(self.nudged_by)
 
-        await self.t._nc().subscribe(f"{self.t.prefix}.nudge.*", cb=on)
+    def nudged_by(self, lane: str, priority: str) -> None:
+        """Another hub (or this one) put work of `priority` in `lane`."""
+        if lane in self.maybe:
+            self.maybe[lane].update([priority] if priority in PRIORITIES else PRIORITIES)
+            self.poke(lane)
 
     async def nudge(self, lane: str, priority: str) -> None:
         """Tell every hub that `lane` has new work of `priority` (they look at once). A
@@ -159,7 +158,7 @@ class Worker:
         self.nudged[key] = time.monotonic()
         lane, priority = key
         try:
-            await self.t._nc().publish(f"{self.t.prefix}.nudge.{lane}", priority.encode())
+            await self.t.nudge(lane, priority)
         except Exception as e:
             log.debug("fleet nudge failed: %s", e)
 
