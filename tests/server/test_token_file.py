@@ -9,13 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
-import queue
-import re
-import signal
-import socket
 import stat
-import subprocess
-import threading
 from pathlib import Path
 
 import httpx2
@@ -24,7 +18,7 @@ import pytest
 from fleetbus.bus.errors import StartupError
 from fleetbus.bus.paths import Home
 from fleetbus.server.serve import load_token
-from fleetbus.testing.hub import cli_command
+from fleetbus.testing.serving import serve_http
 
 TOKEN = "a-token-the-user-wrote-by-hand-0123456789"
 INITIALIZE = {
@@ -52,68 +46,25 @@ def mode_of(path: Path) -> int:
     return stat.S_IMODE(path.stat().st_mode)
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 def test_a_world_readable_token_file_is_made_private_and_used(
     home: Path, env: dict[str, str]
 ) -> None:
     path = token_file(home, TOKEN + "\n", 0o644)
-    port = free_port()
-    proc = subprocess.Popen(
-        cli_command("serve", "--http", "--port", str(port)),
-        env={**env, "FLEETBUS_LOG_LEVEL": "INFO"},
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-    lines: queue.Queue[str | None] = queue.Queue()
-    seen: list[str] = []
-
-    def pump() -> None:
-        assert proc.stderr is not None
-        for line in proc.stderr:
-            lines.put(line)
-        lines.put(None)
-
-    reader = threading.Thread(target=pump, daemon=True)
-    reader.start()
-    try:
-        ready = re.compile(rf"serving MCP on http://127\.0\.0\.1:{port}/mcp")
-        while not (seen and ready.search(seen[-1])):
-            line = lines.get(timeout=30)
-            assert line is not None, f"serve exited {proc.wait()}:\n{''.join(seen)}"
-            seen.append(line)
-        log = "".join(seen)
+    with serve_http(env) as served:
+        log = "".join(served.stderr)
         assert f"the token file {path} had mode 0644" in log, log
         assert "made it 0600" in log
         assert mode_of(path) == 0o600
         assert path.read_text() == TOKEN + "\n"  # the user's token, kept
-        url = f"http://127.0.0.1:{port}/mcp"
         with httpx2.Client(timeout=20) as http:
-            denied = http.post(url, json=INITIALIZE, headers=HEADERS)
+            denied = http.post(served.url, json=INITIALIZE, headers=HEADERS)
             assert denied.status_code == 401
             allowed = http.post(
-                url, json=INITIALIZE, headers={**HEADERS, "Authorization": f"Bearer {TOKEN}"}
+                served.url,
+                json=INITIALIZE,
+                headers={**HEADERS, "Authorization": f"Bearer {TOKEN}"},
             )
             assert allowed.status_code == 200, allowed.text
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
-        reader.join(10)
-        if proc.stderr is not None:
-            proc.stderr.close()
 
 
 def test_load_token_fixes_group_bits_and_logs_it(
