@@ -158,9 +158,8 @@ class Fleet:
                     wait = MAX_RETRY
             await anyio.sleep(wait)
             wait = min(MAX_RETRY, wait * 2)
-        with anyio.move_on_after(5):  # the registry before the first dispatch
+        with anyio.move_on_after(5):  # in the registry before the first dispatch anywhere
             await self.transport.heartbeat(self.heartbeat())
-            await self.refresh_registry()
         self.note = (
             f"in the fleet as {self.node}, taking work for {', '.join(self.agents) or 'no agent'}"
         )
@@ -371,7 +370,6 @@ class Fleet:
                 await self.transport.heartbeat(self.heartbeat())
                 if self.origin is not None:
                     await self.origin.follow_tick()
-                await self.refresh_registry()
             except Exception as e:
                 log.debug("fleet heartbeat failed: %s", e)
             await anyio.sleep(self.spec.heartbeat_s)
@@ -379,7 +377,8 @@ class Fleet:
     async def refresh_registry(self) -> None:
         """The agents of every live node, as the agentic router's remote registry (agent
         `name@node`, its capabilities, its load): registered on first sight, heartbeated
-        after, forgotten (reaped) once silent for three heartbeats."""
+        after, forgotten (reaped) once silent for three heartbeats. Read when a task is
+        routed (`dispatch_task`), the only reader: not at every heartbeat of every hub."""
         assert self.transport is not None
         now = time.time()
         for node in await self.transport.nodes():
