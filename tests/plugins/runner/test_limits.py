@@ -261,6 +261,34 @@ def test_resolve_creates_inside_the_root_and_refuses_symlink_escapes(tmp_path: P
     assert resolve("inner/repo2", root) == root.resolve() / "org/repo2"
 
 
+def test_a_segment_made_a_symlink_after_it_resolved_plainly_is_refused(tmp_path: Path) -> None:
+    # a workspace of plain directories is found with one lstat a segment; swap one for a
+    # symlink and the long way (resolve, refuse the escape) is taken again
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    root.mkdir()
+    outside.mkdir()
+    assert resolve("org/repo/task", root) == root / "org/repo/task"
+    (root / "org/repo/task").rmdir()
+    (root / "org/repo").rmdir()
+    (root / "org/repo").symlink_to(outside)
+    for create in (False, True):
+        with pytest.raises(BadWorkspace, match="outside the workspace root"):
+            resolve("org/repo/task", root, create=create)
+    assert os.listdir(outside) == []
+    (root / "org/file").write_text("x")
+    with pytest.raises(NotADirectoryError):
+        resolve("org/file/task", root)
+
+
+def test_a_root_reached_through_a_symlink_gives_resolved_paths(tmp_path: Path) -> None:
+    (tmp_path / "real").mkdir()
+    (tmp_path / "alias").symlink_to(tmp_path / "real")
+    made = resolve("org/repo", tmp_path / "alias")
+    assert made == (tmp_path / "real").resolve() / "org/repo" and made.is_dir()
+    again = resolve("org/repo", tmp_path / "alias", create=False)
+    assert again == made
+
+
 def test_resolve_without_create_makes_nothing(tmp_path: Path) -> None:
     path = resolve("a/b/c", tmp_path, create=False)
     assert path == tmp_path.resolve() / "a/b/c"
