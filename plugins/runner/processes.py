@@ -10,6 +10,7 @@ Operating-system calls only: never touches the database, the bus or the runner's
 
 from __future__ import annotations
 
+import fcntl
 import os
 import signal
 import stat
@@ -46,14 +47,41 @@ def spawn(
     log: Path,
     stdin: Path | None,
 ) -> int:
-    """Start `argv` in `cwd` in a new session; stdout and stderr append to `log`. Returns the pid."""
-    actions: list[tuple[int, ...] | tuple[int, int, str, int, int]] = [
-        (os.POSIX_SPAWN_OPEN, 0, str(stdin) if stdin else os.devnull, os.O_RDONLY, 0),
-        (os.POSIX_SPAWN_OPEN, 1, str(log), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600),
-        (os.POSIX_SPAWN_DUP2, 1, 2),
-    ]
-    args = [SHELL, "-c", WRAPPER, "fleetbus-run", str(run_dir), str(cwd), *argv]
-    return os.posix_spawn(SHELL, args, dict(env), file_actions=actions, setsid=True)
+    """Start `argv` in `cwd` in a new session; stdout and stderr append to `log`. Returns the pid.
+
+    The files are opened here and only duplicated in the child: `os.posix_spawn` holds
+    the interpreter lock until the child has exec'd, and opening (creating) the log in the
+    child, on a slow disk, kept every other thread of the hub waiting that much longer."""
+    source = _open_above_stdio(stdin if stdin else os.devnull, os.O_RDONLY)
+    try:
+        out = _open_above_stdio(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    except BaseException:
+        os.close(source)
+        raise
+    try:
+        actions = [
+            (os.POSIX_SPAWN_DUP2, source, 0),
+            (os.POSIX_SPAWN_DUP2, out, 1),
+            (os.POSIX_SPAWN_DUP2, out, 2),
+        ]
+        args = [SHELL, "-c", WRAPPER, "fleetbus-run", str(run_dir), str(cwd), *argv]
+        return os.posix_spawn(SHELL, args, dict(env), file_actions=actions, setsid=True)
+    finally:
+        os.close(source)
+        os.close(out)
+
+
+def _open_above_stdio(path: str | Path, flags: int, mode: int = 0o777) -> int:
+    """Open `path` close-on-exec on a descriptor above 2, so duplicating it onto 0, 1 or 2
+    in the child is never a no-op that leaves it closed on exec (a hub started with a
+    standard stream closed gets those numbers first)."""
+    fd = os.open(path, flags | os.O_CLOEXEC, mode)
+    if fd > 2:
+        return fd
+    try:
+        return fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 3)
+    finally:
+        os.close(fd)
 
 
 def exit_code_of(status: int) -> int:
