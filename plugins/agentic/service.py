@@ -119,6 +119,8 @@ class Agentic:
         self.settling: set[str] = set()  # run ids being settled
         self.wake = anyio.Event()
         self.busy = False  # tasks pending or running: the hub must not exit idle
+        self._workspaces: set[str] | None = None  # see task_workspaces
+        self._workspaces_lock = anyio.Lock()
 
     # -- startup and the sweep ---------------------------------------------------------------
     async def startup(self) -> None:
@@ -169,10 +171,22 @@ class Agentic:
         run_id = getattr(message, "run_id", None)
         if run_id is None:
             return
+        if getattr(message, "workspace", None) not in await self.task_workspaces():
+            return  # no task's run: asked of the store for nothing, on a busy runner often
         if topic == "runner.run_started":
             await self.claimed(run_id)
         elif topic == "runner.run_completed":
             await self.settle(RunEnd.of(message))
+
+    async def task_workspaces(self) -> set[str]:
+        """The workspaces of every task that may still hear of a run: the tasks not ended
+        when first asked, and each task made since (never dropped while the hub runs, so a
+        late message still finds its task). A run elsewhere is none of this service's."""
+        if self._workspaces is None:
+            async with self._workspaces_lock:
+                if self._workspaces is None:
+                    self._workspaces = await self.tasks.open_workspaces()
+        return self._workspaces
 
     async def claimed(self, run_id: str) -> None:
         task = await self.tasks.by_run(run_id)
@@ -286,6 +300,7 @@ class Agentic:
                 "created_at": self.clock.now(),
                 "next_attempt": None,
             }
+            (await self.task_workspaces()).add(workspace)
             await self.tasks.insert(row)
             self.busy = True
         task = await self.tasks.get(task_id)

@@ -15,6 +15,7 @@ from typing import Any
 from fleetbus.bus import Store, Tx
 
 from .allowance import Usage
+from .models import FINAL
 
 Row = dict[str, Any]
 
@@ -46,6 +47,16 @@ class TaskStore:
             tx.execute(f"INSERT INTO tasks ({columns}) VALUES ({marks})", list(values.values()))
 
         await self.store.write(write)
+
+    async def open_workspaces(self) -> set[str]:
+        """The workspaces of the tasks that have not ended."""
+        marks = ", ".join("?" for _ in FINAL)
+
+        def read(db: Any) -> set[str]:
+            sql = f"SELECT DISTINCT workspace FROM tasks WHERE status NOT IN ({marks})"
+            return {row[0] for row in db.execute(sql, list(FINAL))}
+
+        return await self.store.read(read)
 
     async def one(self, where: str, params: list[Any]) -> Row | None:
         def read(db: Any) -> Row | None:

@@ -114,6 +114,25 @@ async def test_a_question_blocks_and_an_answer_resumes_it(home: Path, source_rep
         assert files == ["colour.txt"]  # ANSWER.md and BLOCKED.md stay out of the branch
 
 
+async def test_a_task_open_when_the_hub_starts_still_hears_of_its_runs(
+    home: Path, source_repo: Path
+) -> None:
+    # the service hears only runs in the workspaces of tasks not ended: those found in the
+    # store at startup count as well as those made since (no sweep here to make up for it)
+    slow = {"sweep_s": 3600}
+    async with runner_hub(home, agentic=slow) as hub:
+        watch = Watch(hub, ["agentic.*"])
+        task = await dispatch(hub, source_repo, "ask which colour?; write colour.txt x; commit c")
+        assert await until_ended(watch, task.task_id) == "blocked"
+    async with runner_hub(home, agentic=slow) as hub:
+        watch = Watch(hub, ["agentic.*"])
+        await hub.bus.perform(
+            "agentic.resume", {"task_id": task.task_id, "answer": "blue"},
+            context=Context(caller="test", origin=ORIGIN),
+        )  # fmt: skip
+        assert await until_ended(watch, task.task_id) == "completed"
+
+
 async def test_a_failing_task_is_retried_then_dead_lettered(home: Path, source_repo: Path) -> None:
     clock = Clock()
     async with runner_hub(home, clock=clock, agentic=QUICK) as hub:
