@@ -18,7 +18,9 @@ on hubs embedded in this process (dispatch is `hub.bus.perform("runner.dispatch"
    `process.wait()`, with nothing persisted (runs per second; goal: ratio >= 0.7). A third
    side, for information, is the runner's process recipe alone ("floor": run directory,
    prompt file, `processes.spawn` of the wrapper, `processes.wait_child`; no store, bus
-   or lock), which tells the cost of the files and processes from the runner's own.
+   or lock), which tells the cost of the files and processes from the runner's own; a
+   fourth, where /dev/shm exists, is that recipe with its files in memory, which tells
+   what the disk costs of it.
 2. dispatch -> running, with a free lane: from just before `perform("runner.dispatch")`
    until the `runner.run_started` message has arrived and the wrapper's pid file exists
    (goal: p99 <= 50 ms). The agent stamps `date +%s%N` as its first instruction, so
@@ -50,14 +52,15 @@ import gc
 import math
 import os
 import platform
+import shutil
 import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager, suppress
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager, suppress
 from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
@@ -422,28 +425,35 @@ async def bench_throughput(profile: Profile, tmp: Path) -> list[Result]:
                 return rate
 
             floor_rounds = iter(range(1_000_000))
-            floor_ws = tmp / "floor-ws"
-            floor_ws.mkdir()
 
-            async def floor(_r: int) -> float:
-                root = tmp / f"floor-{next(floor_rounds)}"
-                root.mkdir()
-                t0 = time.perf_counter()
-                await spawn_floor_loop(n, root, floor_ws)
-                return n / (time.perf_counter() - t0)
+            def floor_in(where: Path) -> Callable[[int], Awaitable[float]]:
+                workspace = where / "floor-ws"
+                workspace.mkdir()
 
-            await raw_true_loop(min(n, 100))  # warm up
-            await fleet_round(min(n, 100))
-            await floor(0)
-            # three sides, each round in another order
-            sides = [baseline, subject, floor]
-            got: list[list[float]] = [[], [], []]
-            for r in range(profile.rounds):
-                for k in range(3):
-                    i = (k + r) % 3
-                    gc.collect()
-                    got[i].append(await sides[i](r))
-            base, subj, flo = got
+                async def floor(_r: int) -> float:
+                    root = where / f"floor-{next(floor_rounds)}"
+                    root.mkdir()
+                    t0 = time.perf_counter()
+                    await spawn_floor_loop(n, root, workspace)
+                    return n / (time.perf_counter() - t0)
+
+                return floor
+
+            with memory_directory() as memory:
+                floor = floor_in(tmp)
+                # the same recipe with its files in memory: what the disk costs of the floor
+                sides = [baseline, subject, floor] + ([floor_in(memory)] if memory else [])
+                await raw_true_loop(min(n, 100))  # warm up
+                await fleet_round(min(n, 100))
+                await floor(0)
+                # the sides, each round in another order
+                got: list[list[float]] = [[] for _ in sides]
+                for r in range(profile.rounds):
+                    for k in range(len(sides)):
+                        i = (k + r) % len(sides)
+                        gc.collect()
+                        got[i].append(await sides[i](r))
+            base, subj, flo = got[:3]
     assert_no_leftovers(tmp)
     ratio = ratio_of(base, subj)
     floor_ratio = ratio_of(base, flo)
@@ -476,7 +486,40 @@ async def bench_throughput(profile: Profile, tmp: Path) -> list[Result]:
             "loop_cpu_ms_per_run": {k: statistics.median(v) for k, v in cpu.items()},
         },
     )
-    return [main_row, floor_row]
+    rows = [main_row, floor_row]
+    if len(got) > 3:
+        rows.append(
+            Result(
+                name="  floor, its files in memory (tmpfs)",
+                unit="runs/s",
+                goal="info",
+                baseline=statistics.median(base),
+                fleetbus=statistics.median(got[3]),
+                ratio=ratio_of(base, got[3]),
+                met=None,
+                rounds={"baseline": base, "fleetbus": got[3]},
+                extra={
+                    "runs_per_round": n,
+                    "what": "the floor with its run directories in /dev/shm",
+                },
+            )
+        )
+    return rows
+
+
+@contextmanager
+def memory_directory() -> Iterator[Path | None]:
+    """A fresh directory on a memory file system (/dev/shm), removed after; None where
+    there is none."""
+    shm = Path("/dev/shm")
+    if not (shm.is_dir() and os.access(shm, os.W_OK)):
+        yield None
+        return
+    path = Path(tempfile.mkdtemp(prefix="fleetbus-bench-", dir=shm))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 # -- 2 and 3. dispatch -> running, exit -> run_completed ---------------------------------------
