@@ -25,14 +25,15 @@ SHELL = "/bin/sh"
 # ignore, which the agent would inherit) lets the wrapper outlive the signal that ends
 # the agent, so it can still write the exit code. The exit file is opened read-write
 # (`1<>`), which never blocks, after removing whatever is there: an agent that made it a
-# FIFO must not hang its wrapper (and so its run) until the timeout.
+# FIFO must not hang its wrapper (and so its run) until the timeout. Only then: `rm` is a
+# process of its own (`[` is built into the shell), which every run paid for before.
 WRAPPER = r"""d=$1; s=; read -r s < /proc/$$/stat 2>/dev/null; echo "$$ $s" > "$d/pid"
 cd -- "$2" || { echo "fleetbus: cannot enter workspace $2" >&2; echo 126 > "$d/exit"; exit 126; }
 shift 2
 trap ': ' TERM INT HUP
 "$@"
 c=$?
-rm -f -- "$d/exit"
+if [ -e "$d/exit" ] || [ -L "$d/exit" ]; then rm -f -- "$d/exit"; fi
 echo $c 1<>"$d/exit"
 exit $c
 """

@@ -85,3 +85,17 @@ def test_a_hub_with_its_standard_streams_closed_still_wires_the_agent(tmp_path: 
     assert (tmp_path / "output.log").read_text() == "out:hello\nerr:hello\n"
     # 0, 1, 2 and ls's own: the copies made above 2 were not passed on
     assert len((tmp_path / "fds").read_text().split()) == 4
+
+
+def test_the_exit_code_replaces_whatever_the_agent_left_at_the_exit_file(tmp_path: Path) -> None:
+    # a symlink (dangling, or to a file of the user's) is removed, never written through
+    run_dir, target = tmp_path / "run", tmp_path / "precious"
+    run_dir.mkdir()
+    target.write_text("keep\n")
+    for link_to in (tmp_path / "nowhere", target):
+        code = spawned(run_dir, ["sh", "-c", f"ln -sf {link_to} exit; exit 5"])
+        assert code == 5
+        assert not (run_dir / "exit").is_symlink()
+        assert processes.read_int(run_dir / "exit") == 5
+        (run_dir / "exit").unlink()
+    assert target.read_text() == "keep\n" and not (tmp_path / "nowhere").exists()
