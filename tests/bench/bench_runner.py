@@ -18,9 +18,10 @@ on hubs embedded in this process (dispatch is `hub.bus.perform("runner.dispatch"
    `process.wait()`, with nothing persisted (runs per second; goal: ratio >= 0.7). A third
    side, for information, is the runner's process recipe alone ("floor": run directory,
    prompt file, `processes.spawn` of the wrapper, `processes.wait_child`; no store, bus
-   or lock), which tells the cost of the files and processes from the runner's own; a
-   fourth, where /dev/shm exists, is that recipe with its files in memory, which tells
-   what the disk costs of it.
+   or lock), which tells the cost of the files and processes from the runner's own.
+   Where /dev/shm exists, two more: that recipe with its files in memory, and the whole
+   runner with its home (store and run directories) in memory; they tell what the disk
+   costs from what the runner's own work does.
 2. dispatch -> running, with a free lane: from just before `perform("runner.dispatch")`
    until the `runner.run_started` message has arrived and the wrapper's pid file exists
    (goal: p99 <= 50 ms). The agent stamps `date +%s%N` as its first instruction, so
@@ -60,7 +61,7 @@ import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import asynccontextmanager, contextmanager, suppress
+from contextlib import AsyncExitStack, asynccontextmanager, contextmanager, suppress
 from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
@@ -344,6 +345,68 @@ async def spawn_floor_loop(n: int, root: Path, workspace: Path) -> None:
         raise BenchError(f"the spawn floor's runs exited non-zero: {failures[:5]}")
 
 
+async def fleet_round(
+    hub: Hub, rec: Recorder, workspaces: list[str], count: int
+) -> tuple[float, float, float, int]:
+    """`count` no-op runs dispatched pipelined over one IPC connection, each checked to
+    have completed: (runs/s, the dispatch phase in s, loop CPU ms per run, queued)."""
+    runner = runner_of(hub)
+    rec.forget()
+    ids: list[str] = []
+    queued = 0
+    c0 = time.thread_time()
+    t0 = time.perf_counter()
+    answers: dict[int, dict[str, Any]] = {}
+    in_flight = anyio.Semaphore(PIPELINED)
+
+    async def send(i: int, ws: str) -> None:
+        async with in_flight:
+            answers[i] = await client.perform(
+                "runner.dispatch", {"agent": "noop", "prompt": "bench", "workspace": ws}
+            )
+
+    async with (
+        HubClient.open(hub.socket_path) as client,
+        anyio.create_task_group() as tg,
+    ):
+        for i, ws in enumerate(workspaces[:count]):
+            tg.start_soon(send, i, ws)
+    for i, ws in enumerate(workspaces[:count]):
+        res = answers[i]
+        if res["status"] not in ("running", "queued"):
+            raise BenchError(f"dispatch to {ws} answered {res['status']}: {res.get('reason')}")
+        queued += res["status"] == "queued"
+        ids.append(res["run_id"])
+    t1 = time.perf_counter()
+    await rec.wait_count("runner.run_completed", count, SETTLE_TIMEOUT)
+    t2 = time.perf_counter()
+    c1 = time.thread_time()
+    bad = []
+    for run_id in ids:
+        got = rec.arrived.get(("runner.run_completed", run_id))
+        msg = got[1].message if got else None
+        if msg is None or getattr(msg, "status", None) != "completed":
+            bad.append((run_id, getattr(msg, "status", None), getattr(msg, "reason", "")))
+    if bad:
+        raise BenchError(f"{len(bad)} of {count} no-op runs did not complete: {bad[:3]}")
+    if runner.active or runner.queued_total:
+        raise BenchError(
+            f"after the last completion {len(runner.active)} runs are active and "
+            f"{runner.queued_total} queued"
+        )
+    return count / (t2 - t0), t1 - t0, (c1 - c0) / count * 1000, queued
+
+
+@asynccontextmanager
+async def throughput_hub(root: Path, workspaces: list[str]) -> AsyncIterator[tuple[Hub, Recorder]]:
+    """A hub serving its socket in `root`, every workspace made, its completions recorded."""
+    async with bench_hub(root, "throughput", socket=True) as hub:
+        for ws in workspaces:  # made once, outside the timing: every round finds them
+            (runner_of(hub).root / ws).mkdir(parents=True, exist_ok=True)
+        async with recording(hub, ["runner.run_completed"], buffer=2 * len(workspaces) + 64) as rec:
+            yield hub, rec
+
+
 async def bench_throughput(profile: Profile, tmp: Path) -> list[Result]:
     n = profile.runs
     name = f"throughput, {n:,} no-op runs @{CONCURRENCY}"
@@ -351,109 +414,63 @@ async def bench_throughput(profile: Profile, tmp: Path) -> list[Result]:
     cpu: dict[str, list[float]] = {"baseline": [], "fleetbus": []}
     dispatch_s: list[float] = []
     queued_at_dispatch: list[int] = []
-    async with bench_hub(tmp, "throughput", socket=True) as hub:
-        runner = runner_of(hub)
-        for ws in workspaces:  # made once, outside the timing: every round finds them
-            (runner.root / ws).mkdir(parents=True, exist_ok=True)
-        async with recording(hub, ["runner.run_completed"], buffer=2 * n + 64) as rec:
+    floor_rounds = iter(range(1_000_000))
 
-            async def fleet_round(count: int) -> tuple[float, float, float, int]:
-                rec.forget()
-                ids: list[str] = []
-                queued = 0
-                c0 = time.thread_time()
-                t0 = time.perf_counter()
-                answers: dict[int, dict[str, Any]] = {}
-                in_flight = anyio.Semaphore(PIPELINED)
+    async def baseline(_r: int) -> float:
+        c0 = time.thread_time()
+        t0 = time.perf_counter()
+        await raw_true_loop(n)
+        elapsed = time.perf_counter() - t0
+        cpu["baseline"].append((time.thread_time() - c0) / n * 1000)
+        return n / elapsed
 
-                async def send(i: int, ws: str) -> None:
-                    async with in_flight:
-                        answers[i] = await client.perform(
-                            "runner.dispatch", {"agent": "noop", "prompt": "bench", "workspace": ws}
-                        )
+    def floor_in(where: Path) -> Callable[[int], Awaitable[float]]:
+        workspace = where / "floor-ws"
+        workspace.mkdir()
 
-                async with (
-                    HubClient.open(hub.socket_path) as client,
-                    anyio.create_task_group() as tg,
-                ):
-                    for i, ws in enumerate(workspaces[:count]):
-                        tg.start_soon(send, i, ws)
-                for i, ws in enumerate(workspaces[:count]):
-                    res = answers[i]
-                    if res["status"] not in ("running", "queued"):
-                        raise BenchError(
-                            f"dispatch to {ws} answered {res['status']}: {res.get('reason')}"
-                        )
-                    queued += res["status"] == "queued"
-                    ids.append(res["run_id"])
-                t1 = time.perf_counter()
-                await rec.wait_count("runner.run_completed", count, SETTLE_TIMEOUT)
-                t2 = time.perf_counter()
-                c1 = time.thread_time()
-                bad = []
-                for run_id in ids:
-                    got = rec.arrived.get(("runner.run_completed", run_id))
-                    msg = got[1].message if got else None
-                    if msg is None or getattr(msg, "status", None) != "completed":
-                        bad.append(
-                            (run_id, getattr(msg, "status", None), getattr(msg, "reason", ""))
-                        )
-                if bad:
-                    raise BenchError(
-                        f"{len(bad)} of {count} no-op runs did not complete: {bad[:3]}"
-                    )
-                if runner.active or runner.queued_total:
-                    raise BenchError(
-                        f"after the last completion {len(runner.active)} runs are active and "
-                        f"{runner.queued_total} queued"
-                    )
-                return count / (t2 - t0), t1 - t0, (c1 - c0) / count * 1000, queued
+        async def floor(_r: int) -> float:
+            root = where / f"floor-{next(floor_rounds)}"
+            root.mkdir()
+            t0 = time.perf_counter()
+            await spawn_floor_loop(n, root, workspace)
+            return n / (time.perf_counter() - t0)
 
-            async def baseline(_r: int) -> float:
-                c0 = time.thread_time()
-                t0 = time.perf_counter()
-                await raw_true_loop(n)
-                elapsed = time.perf_counter() - t0
-                cpu["baseline"].append((time.thread_time() - c0) / n * 1000)
-                return n / elapsed
+        return floor
 
-            async def subject(_r: int) -> float:
-                rate, dispatched, cpu_ms, queued = await fleet_round(n)
-                cpu["fleetbus"].append(cpu_ms)
-                dispatch_s.append(dispatched)
-                queued_at_dispatch.append(queued)
-                return rate
+    async with AsyncExitStack() as stack:
+        hub, rec = await stack.enter_async_context(throughput_hub(tmp, workspaces))
 
-            floor_rounds = iter(range(1_000_000))
+        async def subject(_r: int) -> float:
+            rate, dispatched, cpu_ms, queued = await fleet_round(hub, rec, workspaces, n)
+            cpu["fleetbus"].append(cpu_ms)
+            dispatch_s.append(dispatched)
+            queued_at_dispatch.append(queued)
+            return rate
 
-            def floor_in(where: Path) -> Callable[[int], Awaitable[float]]:
-                workspace = where / "floor-ws"
-                workspace.mkdir()
+        floor = floor_in(tmp)
+        sides = [baseline, subject, floor]
+        # with a memory file system: the floor, then the whole runner, with their files
+        # there; together they tell the disk's share from the runner's own work
+        memory = stack.enter_context(memory_directory())
+        if memory is not None:
+            in_memory = await stack.enter_async_context(throughput_hub(memory, workspaces))
 
-                async def floor(_r: int) -> float:
-                    root = where / f"floor-{next(floor_rounds)}"
-                    root.mkdir()
-                    t0 = time.perf_counter()
-                    await spawn_floor_loop(n, root, workspace)
-                    return n / (time.perf_counter() - t0)
+            async def subject_in_memory(_r: int) -> float:
+                return (await fleet_round(*in_memory, workspaces, n))[0]
 
-                return floor
-
-            with memory_directory() as memory:
-                floor = floor_in(tmp)
-                # the same recipe with its files in memory: what the disk costs of the floor
-                sides = [baseline, subject, floor] + ([floor_in(memory)] if memory else [])
-                await raw_true_loop(min(n, 100))  # warm up
-                await fleet_round(min(n, 100))
-                await floor(0)
-                # the sides, each round in another order
-                got: list[list[float]] = [[] for _ in sides]
-                for r in range(profile.rounds):
-                    for k in range(len(sides)):
-                        i = (k + r) % len(sides)
-                        gc.collect()
-                        got[i].append(await sides[i](r))
-            base, subj, flo = got[:3]
+            sides += [floor_in(memory), subject_in_memory]
+            await fleet_round(*in_memory, workspaces, min(n, 100))
+        await raw_true_loop(min(n, 100))  # warm up
+        await fleet_round(hub, rec, workspaces, min(n, 100))
+        await floor(0)
+        # the sides, each round in another order
+        got: list[list[float]] = [[] for _ in sides]
+        for r in range(profile.rounds):
+            for k in range(len(sides)):
+                i = (k + r) % len(sides)
+                gc.collect()
+                got[i].append(await sides[i](r))
+        base, subj, flo = got[:3]
     assert_no_leftovers(tmp)
     ratio = ratio_of(base, subj)
     floor_ratio = ratio_of(base, flo)
@@ -487,23 +504,24 @@ async def bench_throughput(profile: Profile, tmp: Path) -> list[Result]:
         },
     )
     rows = [main_row, floor_row]
-    if len(got) > 3:
-        rows.append(
-            Result(
-                name="  floor, its files in memory (tmpfs)",
-                unit="runs/s",
-                goal="info",
-                baseline=statistics.median(base),
-                fleetbus=statistics.median(got[3]),
-                ratio=ratio_of(base, got[3]),
-                met=None,
-                rounds={"baseline": base, "fleetbus": got[3]},
-                extra={
-                    "runs_per_round": n,
-                    "what": "the floor with its run directories in /dev/shm",
-                },
+    for side, what in (
+        (3, "  floor, its files in memory (tmpfs)"),
+        (4, "  fleetbus, its home in memory (tmpfs)"),
+    ):
+        if side < len(got):
+            rows.append(
+                Result(
+                    name=what,
+                    unit="runs/s",
+                    goal="info",
+                    baseline=statistics.median(base),
+                    fleetbus=statistics.median(got[side]),
+                    ratio=ratio_of(base, got[side]),
+                    met=None,
+                    rounds={"baseline": base, "fleetbus": got[side]},
+                    extra={"runs_per_round": n, "where": "/dev/shm"},
+                )
             )
-        )
     return rows
 
 
