@@ -69,7 +69,10 @@ def register_actions(register: ActionRegistrar, hub: Hub) -> None:
 @hookimpl
 def register_subscribers(subscribe: SubscriberRegistrar, hub: Hub) -> None:
     @subscribe("runner.run_completed", "agentic.task_ended", buffer=256)
-    def on_end(message: Message) -> None:
+    async def on_end(message: Message) -> None:
+        # async: setting the catch-up event belongs on the event loop (a sync subscriber
+        # runs in a worker thread, where an anyio Event must not be set), and costs no
+        # thread hop per ended run
         sync_of(hub).ended()
 
 
