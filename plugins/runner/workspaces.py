@@ -77,16 +77,17 @@ def plain_directory(root: Path, name: str) -> Path | None:
     """`root/name` when every segment of `name` is an existing directory that is not a
     symlink: then it is inside the root with nothing to resolve (one `lstat` a segment,
     where resolving the whole path costs several times that in Python). None otherwise,
-    and `resolve` takes the long way: resolving, creating, checking again."""
-    path = str(root)
+    and `resolve` takes the long way: resolving, creating, checking again. The root is
+    checked too: made a symlink since it was resolved, it would lead elsewhere."""
+    paths = [str(root)]
     for part in name.split("/"):
-        path = f"{path}/{part}"
-        try:
-            if not stat.S_ISDIR(os.lstat(path).st_mode):
-                return None
-        except OSError:
-            return None
-    return Path(path)
+        paths.append(f"{paths[-1]}/{part}")
+    try:
+        if all(stat.S_ISDIR(os.lstat(p).st_mode) for p in paths):
+            return Path(paths[-1])
+    except OSError:
+        pass
+    return None
 
 
 _REAL_ROOTS: dict[Path, Path] = {}

@@ -280,6 +280,18 @@ def test_a_segment_made_a_symlink_after_it_resolved_plainly_is_refused(tmp_path:
         resolve("org/file/task", root)
 
 
+def test_a_root_swapped_for_a_symlink_after_it_was_resolved_is_refused(tmp_path: Path) -> None:
+    root, moved, elsewhere = tmp_path / "root", tmp_path / "moved", tmp_path / "elsewhere"
+    root.mkdir()
+    (elsewhere / "org/repo").mkdir(parents=True)
+    assert resolve("org/repo", root) == root / "org/repo"  # the root's real path is kept
+    root.rename(moved)
+    root.symlink_to(elsewhere)
+    for create in (False, True):
+        with pytest.raises(BadWorkspace, match="outside the workspace root"):
+            resolve("org/repo", root, create=create)
+
+
 def test_a_root_reached_through_a_symlink_gives_resolved_paths(tmp_path: Path) -> None:
     (tmp_path / "real").mkdir()
     (tmp_path / "alias").symlink_to(tmp_path / "real")
