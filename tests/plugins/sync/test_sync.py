@@ -253,11 +253,17 @@ async def test_the_token_is_never_written_anywhere(home: Path) -> None:
 async def test_without_its_token_nothing_is_sent_and_status_says_why(
     home: Path, api: FakeFleetAPI
 ) -> None:
-    async with runner_hub(home, sync=spec(api)) as hub:  # FLEETBUS_SYNC_TOKEN not set
+    clock = ManualClock(NOON)  # still: the retry after the first failure waits for good
+    async with runner_hub(home, sync=spec(api), clock=clock) as hub:  # no FLEETBUS_SYNC_TOKEN
         await run_some(hub, 1)
-        state = await hub.bus.perform("sync.push", {})
+
+        async def tried() -> bool:  # the run's end alone makes the hub try, and fail
+            return bool((await hub.bus.perform("sync.status", {})).attempts == 1)
+
+        await until(tried)
+        state = await hub.bus.perform("sync.push", {})  # one more try, asked for
         assert state.queued == 1 and state.dropped == 0, state
         assert state.oldest_age_s is not None and state.oldest_age_s >= 0
-        assert state.attempts == 1 and state.next_attempt_at is not None
+        assert state.attempts == 2 and state.next_attempt_at is not None
         assert "FLEETBUS_SYNC_TOKEN" in state.last_error and "is not set" in state.last_error
         assert api.received == []
