@@ -42,8 +42,9 @@ from fleetbus.testing.processes import (
     run_pid,
     wait_for,
 )
+from fleetbus.testing.pytest_plugin import CLI
 
-Cli = Callable[..., subprocess.CompletedProcess[str]]
+Cli = CLI  # the `cli` fixture: runs `fleetbus` with the test's environment
 DEADLINE = 30.0
 SAMPLE_PERIOD = 0.02  # an observer samples this often until told to stop
 FAKE = "fleetbus.testing.fake_agent"
@@ -81,7 +82,10 @@ def dispatch_many(home: Path, payloads: list[dict[str, Any]]) -> list[dict[str, 
 
 def cli_json(cli: Cli, *args: str) -> Any:
     proc = cli(*args)
-    assert proc.returncode == 0, f"fleetbus {' '.join(args)}: {proc.stderr}"
+    if proc.returncode != 0:  # what the hub logged tells why (the home is gone after)
+        log = Home(Path(cli.env["FLEETBUS_HOME"])).log
+        tail = log.read_text(errors="replace")[-4000:] if log.exists() else "(no hub log)"
+        pytest.fail(f"fleetbus {' '.join(args)}: {proc.stderr}\nthe hub's log ends:\n{tail}")
     return json.loads(proc.stdout)
 
 
