@@ -23,6 +23,8 @@ from fleetbus.bus.hub import Hub
 from fleetbus.bus.lock import read_pid
 from fleetbus.bus.paths import Home
 
+from .processes import alive
+
 
 def isolated_env(
     home: Path, *, config: Path | None = None, base: Mapping[str, str] = os.environ
@@ -82,21 +84,9 @@ def stop_hub(home: Path, *, timeout: float = 10.0) -> None:
             return
         deadline = time.monotonic() + wait
         while time.monotonic() < deadline:
-            if not _alive(pid):
+            if not alive(pid):
                 return
             time.sleep(0.02)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:  # a zombie is dead for our purposes
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 @contextmanager

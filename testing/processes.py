@@ -30,10 +30,18 @@ def wait_for(predicate: Callable[[], object], timeout: float = 30.0) -> bool:
 
 
 def alive(pid: int) -> bool:
-    """True while `pid` runs; a zombie counts as gone (nobody may reap a detached process)."""
+    """True while `pid` runs; a zombie counts as gone (nobody may reap a detached process)
+    once its whole thread group has exited. A SIGKILLed process's main thread turns zombie
+    while its other threads are still exiting, holding its files: a killed hub's socket
+    still takes connections then, and resets them a moment later."""
     try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+        if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+            return True
     except psutil.NoSuchProcess:
+        return False
+    try:
+        return len(os.listdir(f"/proc/{pid}/task")) > 1
+    except OSError:
         return False
 
 
